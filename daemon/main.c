@@ -1,0 +1,290 @@
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+
+#include <curl/curl.h>
+#include <jansson.h>
+#include <libpq-fe.h>
+#include <llhttp.h>
+#include <openssl/crypto.h>
+#include <uv.h>
+
+#include "admin.h"
+#include "app.h"
+#include "callback.h"
+#include "config.h"
+#include "log.h"
+#include "migrate.h"
+#include "version.h"
+
+#define EXIT_RUNTIME 1
+#define EXIT_USAGE 2
+
+static void usage(FILE *out)
+{
+    fprintf(out, "usage: idv-callbackd [serve|migrate|check-config] [--config FILE]\n"
+                 "       idv-callbackd version\n");
+}
+
+static int cmd_version(void)
+{
+    int pq = PQlibVersion();
+    printf("idv-callbackd %s\n", IDV_VERSION);
+    printf("libuv %s\n", uv_version_string());
+    printf("llhttp %d.%d.%d\n", LLHTTP_VERSION_MAJOR, LLHTTP_VERSION_MINOR, LLHTTP_VERSION_PATCH);
+    printf("OpenSSL %s\n", OpenSSL_version(OPENSSL_VERSION_STRING));
+    printf("libpq %d.%d\n", pq / 10000, pq % 10000);
+    printf("libcurl %s\n", curl_version_info(CURLVERSION_NOW)->version);
+    printf("jansson %s\n", jansson_version_str());
+    return 0;
+}
+
+/* ---- serve ----------------------------------------------------------------- */
+
+struct daemon {
+    struct app app;
+    struct config cfg;
+    uv_signal_t sigterm, sigint, sighup;
+    uv_timer_t stop_timer;
+    bool stopping;
+    int exit_code;
+};
+
+static void raise_nofile(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return;
+    if (rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+            log_kv(LOGL_WARN, "cannot raise the open-file limit", "REASON", strerror(errno), NULL);
+    }
+    char n[32];
+    snprintf(n, sizeof n, "%llu", (unsigned long long)rl.rlim_cur);
+    log_kv(LOGL_DEBUG, "open-file limit", "NOFILE", n, NULL);
+}
+
+static void closed_signal(uv_handle_t *h) { (void)h; }
+
+static void pool_closed(void *arg)
+{
+    struct daemon *d = arg;
+    uv_close((uv_handle_t *)&d->sigterm, closed_signal);
+    uv_close((uv_handle_t *)&d->sigint, closed_signal);
+    uv_close((uv_handle_t *)&d->sighup, closed_signal);
+    uv_close((uv_handle_t *)&d->stop_timer, closed_signal);
+}
+
+static void store_closed(void *arg)
+{
+    struct daemon *d = arg;
+    pg_pool_close(d->app.pool, pool_closed, d);
+}
+
+static void server_closed(void *arg)
+{
+    struct daemon *d = arg;
+    store_close(d->app.store, store_closed, d);
+}
+
+static void drained(void *arg)
+{
+    struct daemon *d = arg;
+    uv_timer_stop(&d->stop_timer);
+    log_kv(LOGL_INFO, "drained: every request answered", NULL);
+    server_close(d->app.srv, server_closed, d);
+}
+
+static void stop_timeout(uv_timer_t *t)
+{
+    struct daemon *d = t->data;
+    log_kv(LOGL_WARN, "shutdown deadline passed: closing the remaining connections", NULL);
+    server_close(d->app.srv, server_closed, d);
+}
+
+static void on_stop_signal(uv_signal_t *s, int signum)
+{
+    struct daemon *d = s->data;
+    if (d->stopping) return;
+    d->stopping = true;
+    d->app.draining = true;
+    log_kv(LOGL_INFO, "stopping: draining connections", "SIGNAL", strsignal(signum), NULL);
+    uv_timer_start(&d->stop_timer, stop_timeout, (uint64_t)d->cfg.shutdown_timeout_ms, 0);
+    server_drain(d->app.srv, drained, d);
+}
+
+static void on_reload(uv_signal_t *s, int signum)
+{
+    (void)signum;
+    struct daemon *d = s->data;
+    struct config fresh;
+    char err[512];
+    if (config_load(&fresh, d->cfg.config_path, true, err, sizeof err) != 0) {
+        log_kv(LOGL_ERROR, "reload refused: configuration invalid, keeping the old one", "REASON",
+               err, NULL);
+        config_free(&fresh);
+        return;
+    }
+    /* What reload changes: the log level and the trusted proxies. */
+    log_set_level((enum log_level)fresh.log_level);
+    struct cidr_list old = d->cfg.trusted;
+    d->cfg.trusted = fresh.trusted;
+    fresh.trusted = old;
+    d->cfg.log_level = fresh.log_level;
+    server_set_trusted(d->app.srv, &d->cfg.trusted);
+    config_free(&fresh);
+    log_kv(LOGL_INFO, "configuration reloaded", "LOG_LEVEL",
+           log_level_name((enum log_level)d->cfg.log_level), NULL);
+}
+
+static int cmd_serve(const char *config_path)
+{
+    static struct daemon d; /* lives as long as the loop */
+    char err[512];
+    if (config_load(&d.cfg, config_path, true, err, sizeof err) != 0) {
+        fprintf(stderr, "idv-callbackd: %s\n", err);
+        config_free(&d.cfg);
+        return EXIT_USAGE;
+    }
+    log_setup((enum log_format)d.cfg.log_format, (enum log_level)d.cfg.log_level);
+    signal(SIGPIPE, SIG_IGN);
+    raise_nofile();
+
+    uv_loop_t *loop = uv_default_loop();
+    struct app *app = &d.app;
+    app->loop = loop;
+    app->cfg = &d.cfg;
+    app->callback_path_len = strlen(d.cfg.callback_path);
+
+    struct pg_pool_opts po = {
+        .conninfo = d.cfg.database_url,
+        .size = (int)d.cfg.db_pool_size,
+        .timeout_ms = (uint64_t)d.cfg.db_timeout_ms,
+        .schema_version = migrate_latest_version(),
+        .stmts = store_statements,
+        .nstmts = store_statements_count,
+        .max_queue = 10000,
+        .application_name = "idv-callbackd",
+    };
+    if (pg_pool_new(&app->pool, loop, &po) != 0) {
+        fprintf(stderr, "idv-callbackd: database_url: cannot be used\n");
+        return EXIT_USAGE;
+    }
+    if (store_new(&app->store, loop, app->pool, d.cfg.instance_name, !d.cfg.alibaba_enabled,
+                  (uint64_t)d.cfg.db_timeout_ms) != 0) {
+        fprintf(stderr, "idv-callbackd: out of memory\n");
+        return EXIT_RUNTIME;
+    }
+    struct server_opts so = {
+        .public_addr = d.cfg.listen_addr,
+        .admin_addr = d.cfg.admin_addr,
+        .public_fd = -1,
+        .admin_fd = -1,
+        .header_timeout_ms = (uint64_t)d.cfg.header_timeout_ms,
+        .idle_timeout_ms = (uint64_t)d.cfg.idle_timeout_ms,
+        .max_connections = (unsigned)d.cfg.max_connections,
+        .max_requests_per_connection = (unsigned)d.cfg.max_requests_per_connection,
+        .trusted = &d.cfg.trusted,
+        .public_handler = callback_public_handle,
+        .admin_handler = admin_handle,
+        .ctx = app,
+    };
+    if (server_new(&app->srv, loop, &so, err, sizeof err) != 0) {
+        log_kv(LOGL_ERROR, "cannot listen", "REASON", err, NULL);
+        fprintf(stderr, "idv-callbackd: %s\n", err);
+        return EXIT_RUNTIME;
+    }
+    pg_pool_start(app->pool);
+
+    uv_signal_init(loop, &d.sigterm);
+    uv_signal_init(loop, &d.sigint);
+    uv_signal_init(loop, &d.sighup);
+    uv_timer_init(loop, &d.stop_timer);
+    d.sigterm.data = d.sigint.data = d.sighup.data = d.stop_timer.data = &d;
+    uv_signal_start(&d.sigterm, on_stop_signal, SIGTERM);
+    uv_signal_start(&d.sigint, on_stop_signal, SIGINT);
+    uv_signal_start(&d.sighup, on_reload, SIGHUP);
+
+    log_kv(LOGL_INFO, "idv-callbackd started", "VERSION", IDV_VERSION, "LISTEN", d.cfg.listen,
+           "ADMIN_LISTEN", d.cfg.admin_listen, "CALLBACK_PATH", d.cfg.callback_path, "INSTANCE",
+           d.cfg.instance_name, "CONFIRMATION",
+           d.cfg.alibaba_enabled ? "CheckResult" : "none (callback is final)", NULL);
+
+    uv_run(loop, UV_RUN_DEFAULT);
+    int rc = uv_loop_close(loop);
+    if (rc != 0) log_kv(LOGL_WARN, "event loop closed with handles open", NULL);
+    log_kv(LOGL_INFO, "idv-callbackd stopped", NULL);
+    config_free(&d.cfg);
+    return d.exit_code;
+}
+
+static int cmd_check_config(const char *path)
+{
+    struct config cfg;
+    char err[512];
+    int rc = config_load(&cfg, path, true, err, sizeof err);
+    if (rc != 0) {
+        fprintf(stderr, "idv-callbackd: %s\n", err);
+        config_free(&cfg);
+        return EXIT_USAGE;
+    }
+    config_print(&cfg, stdout);
+    config_free(&cfg);
+    return 0;
+}
+
+static int cmd_migrate(const char *path)
+{
+    struct config cfg;
+    char err[512];
+    if (config_load(&cfg, path, false, err, sizeof err) != 0) {
+        fprintf(stderr, "idv-callbackd: %s\n", err);
+        config_free(&cfg);
+        return EXIT_USAGE;
+    }
+    if (!cfg.database_url) {
+        fprintf(stderr, "idv-callbackd: database_url: required for migrate\n");
+        config_free(&cfg);
+        return EXIT_USAGE;
+    }
+    int rc = migrate_run(cfg.database_url, stdout);
+    config_free(&cfg);
+    return rc == 0 ? 0 : EXIT_RUNTIME;
+}
+
+int main(int argc, char **argv)
+{
+    const char *cmd = "serve", *config_path = NULL;
+    bool have_cmd = false;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--config") || !strcmp(argv[i], "-c")) {
+            if (++i >= argc) {
+                fprintf(stderr, "idv-callbackd: --config needs a file\n");
+                return EXIT_USAGE;
+            }
+            config_path = argv[i];
+        } else if (!strncmp(argv[i], "--config=", 9)) {
+            config_path = argv[i] + 9;
+        } else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            usage(stdout);
+            return 0;
+        } else if (!have_cmd && argv[i][0] != '-') {
+            cmd = argv[i];
+            have_cmd = true;
+        } else {
+            fprintf(stderr, "idv-callbackd: unexpected argument '%s'\n", argv[i]);
+            usage(stderr);
+            return EXIT_USAGE;
+        }
+    }
+    if (!strcmp(cmd, "version")) return cmd_version();
+    if (!strcmp(cmd, "serve")) return cmd_serve(config_path);
+    if (!strcmp(cmd, "migrate")) return cmd_migrate(config_path);
+    if (!strcmp(cmd, "check-config")) return cmd_check_config(config_path);
+    fprintf(stderr, "idv-callbackd: unknown command '%s'\n", cmd);
+    usage(stderr);
+    return EXIT_USAGE;
+}

@@ -1,0 +1,90 @@
+#pragma once
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <libpq-fe.h>
+#include <uv.h>
+
+#include "err.h"
+
+/* libpq on libuv: a pool of non-blocking connections in pipeline mode, each
+ * driven by one uv_poll_t, reconnecting with back-off. Every unit of work is one
+ * sync point: its result is delivered only once PostgreSQL has answered the sync
+ * (so an autocommit statement has committed), or it fails. */
+
+struct pg_pool;
+struct pg_query;
+
+/* Called exactly once per submitted query. err is 0 when the unit completed
+ * (res holds its first result, PGRES_TUPLES_OK or PGRES_COMMAND_OK); IDV_EDB
+ * when PostgreSQL answered an error (res holds it, for the SQLSTATE);
+ * IDV_EDBLOST when the connection broke before the sync was confirmed (the
+ * outcome is unknown); IDV_ETIMEOUT when the deadline passed first;
+ * IDV_EUNAVAILABLE when the queue was full or the pool is closing. The callee
+ * owns res (may be NULL) and must PQclear it. */
+typedef void (*pg_done_cb)(struct pg_query *q, PGresult *res, int err);
+
+/* One statement to run, owned by the caller until done is called. values etc.
+ * are read only while submitting; they may be freed once sent. */
+struct pg_query {
+    const char *stmt;           /* name of a statement prepared by the pool */
+    int nparams;
+    const char *const *values;  /* text-format parameters */
+    uint64_t deadline;          /* uv_now() time; 0: now + the pool's timeout */
+    pg_done_cb done;
+    void *data;                 /* for the caller */
+    /* internal */
+    struct pg_query *next;
+};
+
+/* A statement prepared on every connection. */
+struct pg_stmt {
+    const char *name;
+    const char *sql;
+};
+
+struct pg_pool_opts {
+    const char *conninfo;       /* libpq string or URI */
+    int size;                   /* connections */
+    uint64_t timeout_ms;        /* default query deadline; also connect deadline */
+    int schema_version;         /* migrations this binary needs */
+    const struct pg_stmt *stmts;
+    size_t nstmts;
+    size_t max_queue;           /* queued queries beyond this fail at once */
+    const char *application_name;
+};
+
+/* Pool figures for /metrics and logs. */
+struct pg_pool_stats {
+    int ready, connecting, down, busy;
+    size_t queued;
+    uint64_t reconnects, failures, timeouts, lost;
+    bool schema_ok;
+    char host[128];             /* host of the last connection that came up */
+};
+
+/* Creates the pool (no connection yet). Returns 0, IDV_ENOMEM or IDV_EINVAL
+ * (conninfo cannot be parsed). */
+int pg_pool_new(struct pg_pool **out, uv_loop_t *loop, const struct pg_pool_opts *opts)
+    IDV_MUSTCHECK;
+/* Starts connecting every connection. */
+void pg_pool_start(struct pg_pool *pool);
+/* Queues a query; the result arrives through q->done, never synchronously. */
+void pg_pool_submit(struct pg_pool *pool, struct pg_query *q);
+/* True when at least one connection is up with a current schema. */
+bool pg_pool_ready(const struct pg_pool *pool);
+/* Number of connections up and with nothing in flight. */
+int pg_pool_idle(const struct pg_pool *pool);
+/* Sets a hook called (from the loop) whenever a connection becomes idle with the
+ * queue empty: the place to hand it a batch of work. */
+void pg_pool_on_idle(struct pg_pool *pool, void (*cb)(void *arg), void *arg);
+/* Hands queued work to idle connections now (and asks the idle hook). */
+void pg_pool_kick(struct pg_pool *pool);
+/* Fills stats. */
+void pg_pool_get_stats(const struct pg_pool *pool, struct pg_pool_stats *st);
+/* Fails queued queries, closes every connection and frees the pool once the
+ * last handle is closed; cb (may be NULL) runs then. */
+void pg_pool_close(struct pg_pool *pool, void (*cb)(void *arg), void *arg);
+/* Extracts the SQLSTATE of an error result ("" when none). */
+const char *pg_sqlstate(const PGresult *res);
