@@ -1,0 +1,457 @@
+"""Shared fixtures of the integration tests: a private throwaway PostgreSQL
+cluster, the daemon under test, and raw HTTP helpers. Standard library only.
+
+A test script defines functions named `case_<name>` and ends with
+`idvtest.main(globals())`: `script --list` prints the cases, `script --bin B
+--pg-bindir D NAME` runs one.
+"""
+import argparse
+import http.client
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+
+BIN = None
+PG_BINDIR = "/usr/lib/postgresql/15/bin"
+KEEP = os.environ.get("IDV_TEST_KEEP") == "1"
+
+
+class TestFailure(AssertionError):
+    pass
+
+
+def check(cond, msg="check failed"):
+    if not cond:
+        raise TestFailure(msg)
+
+
+def check_eq(a, b, what="value"):
+    if a != b:
+        raise TestFailure(f"{what}: {a!r} != {b!r}")
+
+
+def free_port():
+    """A port that nothing listens on now (bound to 0 and released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(pred, timeout=30.0, interval=0.05, what="condition"):
+    """Polls pred() until it is true. Not a timed assertion: the deadline only
+    bounds a test that would otherwise hang."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        v = pred()
+        if v:
+            return v
+        time.sleep(interval)
+    raise TestFailure(f"timed out waiting for {what}")
+
+
+class TempDir:
+    """A temporary directory that the postgres user can use too."""
+
+    def __init__(self, prefix="idvtest-"):
+        self.path = tempfile.mkdtemp(prefix=prefix)
+        os.chmod(self.path, 0o755)
+
+    def sub(self, name, owner_postgres=False):
+        p = os.path.join(self.path, name)
+        os.makedirs(p, exist_ok=True)
+        if owner_postgres and os.geteuid() == 0:
+            pw = pwd.getpwnam("postgres")
+            os.chown(p, pw.pw_uid, pw.pw_gid)
+        return p
+
+    def cleanup(self):
+        if not KEEP:
+            shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _as_postgres(cmd):
+    if os.geteuid() == 0:
+        return ["runuser", "-u", "postgres", "--"] + cmd
+    return cmd
+
+
+class PgCluster:
+    """A PostgreSQL 15 cluster of its own: data directory and Unix socket in a
+    temporary directory, a free TCP port on 127.0.0.1. Runs as postgres when
+    the tests run as root (PostgreSQL refuses root)."""
+
+    def __init__(self, tmp, name="pg", port=None, settings=None):
+        self.tmp = tmp
+        self.dir = tmp.sub(name, owner_postgres=True)
+        self.data = os.path.join(self.dir, "data")
+        self.sock = self.dir
+        self.port = port or free_port()
+        self.log = os.path.join(self.dir, "postgres.log")
+        self.settings = {
+            "listen_addresses": "'127.0.0.1'",
+            "unix_socket_directories": f"'{self.sock}'",
+            "port": str(self.port),
+            "fsync": "on",
+            "synchronous_commit": "on",
+            "max_connections": "200",
+            "shared_buffers": "32MB",
+            "log_min_messages": "warning",
+        }
+        if settings:
+            self.settings.update(settings)
+
+    def initdb(self):
+        subprocess.run(_as_postgres([os.path.join(PG_BINDIR, "initdb"), "-D", self.data,
+                                     "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"]),
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        with open(os.path.join(self.data, "postgresql.auto.conf"), "a") as f:
+            for k, v in self.settings.items():
+                f.write(f"{k} = {v}\n")
+        return self
+
+    def pg_ctl(self, *args, check=True):
+        return subprocess.run(_as_postgres([os.path.join(PG_BINDIR, "pg_ctl"), "-D", self.data,
+                                            "-l", self.log] + list(args)),
+                              check=check, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def start(self):
+        self.pg_ctl("-w", "-t", "60", "start")
+        return self
+
+    def stop(self, mode="fast"):
+        self.pg_ctl("-w", "-t", "60", "-m", mode, "stop", check=False)
+
+    def restart(self, mode="fast"):
+        self.stop(mode)
+        self.start()
+
+    def postmaster_pid(self):
+        with open(os.path.join(self.data, "postmaster.pid")) as f:
+            return int(f.readline())
+
+    def freeze(self):
+        """SIGSTOP the postmaster and every backend: the server is frozen with
+        its sockets open."""
+        pids = [self.postmaster_pid()] + self._children()
+        for p in pids:
+            os.kill(p, signal.SIGSTOP)
+        self._frozen = pids
+
+    def thaw(self):
+        for p in getattr(self, "_frozen", []):
+            try:
+                os.kill(p, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+        self._frozen = []
+
+    def _children(self):
+        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(self.postmaster_pid())],
+                             capture_output=True, text=True).stdout
+        return [int(x) for x in out.split()]
+
+    def psql(self, sql, user="postgres", db="postgres", check=True):
+        """Runs SQL with psql; returns the unaligned, tuples-only output."""
+        r = subprocess.run(["psql", "-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1",
+                            "-h", self.sock, "-p", str(self.port), "-U", user, "-d", db,
+                            "-c", sql], capture_output=True, text=True)
+        if check and r.returncode != 0:
+            raise TestFailure(f"psql failed: {r.stderr.strip()}\nSQL: {sql}")
+        return r.stdout.strip() if r.returncode == 0 else None
+
+    def rows(self, sql, **kw):
+        out = self.psql(sql, **kw)
+        return [line.split("|") for line in out.splitlines()] if out else []
+
+    def url(self, user="idvapp", db="postgres", tcp=False):
+        host = "127.0.0.1" if tcp else self.sock
+        return f"host={host} port={self.port} user={user} dbname={db}"
+
+    def setup_schema(self, app_user="idvapp"):
+        """Applies the migrations as superuser and makes the daemon's login
+        role, a member of idv_daemon only."""
+        r = subprocess.run([BIN, "migrate"], env=dict(os.environ, IDV_DATABASE_URL=self.url("postgres")),
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            raise TestFailure(f"migrate failed: {r.stdout}{r.stderr}")
+        self.psql(f"DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{app_user}') "
+                  f"THEN CREATE ROLE {app_user} LOGIN IN ROLE idv_daemon; END IF; END $$")
+        return r.stdout
+
+    def cleanup(self):
+        self.thaw()
+        self.stop("immediate")
+
+
+ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
+
+
+class Daemon:
+    """The daemon under test, with a config file in a temporary directory."""
+
+    def __init__(self, tmp, pg=None, name="idv", database_url=None, **cfg):
+        self.tmp = tmp
+        self.dir = tmp.sub(name)
+        self.public_port = free_port()
+        self.admin_port = free_port()
+        self.log_path = os.path.join(self.dir, "daemon.log")
+        self.conf = os.path.join(self.dir, "idv-callbackd.conf")
+        token_file = os.path.join(self.dir, "admin.token")
+        with open(token_file, "w") as f:
+            f.write(ADMIN_TOKEN + "\n")
+        os.chmod(token_file, 0o600)
+        self.cfg = {
+            "listen": f"127.0.0.1:{self.public_port}",
+            "admin_listen": f"127.0.0.1:{self.admin_port}",
+            "database_url": database_url or (pg.url() if pg else "host=/nonexistent"),
+            "admin_token_file": token_file,
+            "db_pool_size": "4",
+            "db_timeout_ms": "2000",
+            "log_format": "text",
+            "log_level": "info",
+            "instance_name": name,
+        }
+        self.cfg.update({k: str(v) for k, v in cfg.items()})
+        self.proc = None
+        self.env = dict(os.environ)
+
+    def write_config(self):
+        with open(self.conf, "w") as f:
+            for k, v in self.cfg.items():
+                if v is not None:
+                    f.write(f"{k} = {v}\n")
+
+    def start(self, wait_ready=True, extra_env=None):
+        self.write_config()
+        env = dict(self.env)
+        if extra_env:
+            env.update(extra_env)
+        self.logf = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([BIN, "serve", "--config", self.conf], stdout=self.logf,
+                                     stderr=subprocess.STDOUT, env=env)
+        wait_until(lambda: self._listening() or self.proc.poll() is not None, 30,
+                   what="the daemon to listen")
+        check(self.proc.poll() is None, f"daemon exited: {self.logs()}")
+        if wait_ready:
+            wait_until(lambda: self.status("/readyz", admin=True) == 200, 30,
+                       what="/readyz to answer 200")
+        return self
+
+    def _listening(self):
+        try:
+            socket.create_connection(("127.0.0.1", self.admin_port), timeout=0.5).close()
+            return True
+        except OSError:
+            return False
+
+    def stop(self, sig=signal.SIGTERM, timeout=30):
+        if not self.proc or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise TestFailure("daemon did not stop in time")
+
+    def kill(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def logs(self):
+        try:
+            with open(self.log_path, "rb") as f:
+                return f.read().decode(errors="replace")
+        except OSError:
+            return ""
+
+    # ---- HTTP helpers
+    def request(self, method, path, body=None, headers=None, admin=False, auth=True, timeout=30):
+        """One request on a fresh connection; returns (status, headers, body bytes)."""
+        port = self.admin_port if admin else self.public_port
+        h = dict(headers or {})
+        if admin and auth and "Authorization" not in h:
+            h["Authorization"] = f"Bearer {ADMIN_TOKEN}"
+        if body is not None and not isinstance(body, (bytes, str)):
+            body = json.dumps(body)
+            h.setdefault("Content-Type", "application/json")
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+        try:
+            c.request(method, path, body=body, headers=h)
+            r = c.getresponse()
+            return r.status, dict(r.getheaders()), r.read()
+        finally:
+            c.close()
+
+    def status(self, path, admin=False):
+        try:
+            return self.request("GET", path, admin=admin, auth=False, timeout=5)[0]
+        except OSError:
+            return None
+
+    def callback(self, tx=None, passed=None, sub=None, token=None, extra="", method="GET"):
+        q = []
+        if tx is not None:
+            q.append(f"transactionId={tx}")
+        if passed is not None:
+            q.append(f"passed={passed}")
+        if sub is not None:
+            q.append(f"subCode={sub}")
+        if token is not None:
+            q.append(f"callbackToken={token}")
+        path = "/idv/callback?" + "&".join(q) + extra
+        st, hd, body = self.request(method, path)
+        return st, (json.loads(body) if body else None), hd, body
+
+    def register(self, tx, biz, token, user=None):
+        b = {"transactionId": tx, "merchantBizId": biz, "callbackToken": token}
+        if user is not None:
+            b["merchantUserId"] = user
+        st, hd, body = self.request("POST", "/v1/transactions/register", body=b, admin=True)
+        return st, json.loads(body) if body else None
+
+    def metrics(self):
+        st, _, body = self.request("GET", "/metrics", admin=True)
+        check_eq(st, 200, "/metrics status")
+        return body.decode()
+
+
+def metric_value(text, name, **labels):
+    """The value of one sample of the Prometheus text, or None."""
+    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    prefix = f"{name}{{{want}}} " if labels else f"{name} "
+    for line in text.splitlines():
+        if line.startswith(prefix):
+            return float(line[len(prefix):])
+    return None
+
+
+def raw_http(port, data, timeout=5.0, read_until_close=True, host="127.0.0.1"):
+    """Sends raw bytes and returns everything read until the server closes (or
+    the timeout passes). Returns (bytes, closed_by_server)."""
+    s = socket.create_connection((host, port), timeout=timeout)
+    try:
+        if data:
+            s.sendall(data)
+        chunks = []
+        closed = False
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            s.settimeout(max(0.05, end - time.monotonic()))
+            try:
+                b = s.recv(65536)
+            except socket.timeout:
+                break
+            except ConnectionResetError:
+                closed = True
+                break
+            if not b:
+                closed = True
+                break
+            chunks.append(b)
+            if not read_until_close:
+                break
+        return b"".join(chunks), closed
+    finally:
+        s.close()
+
+
+def parse_responses(data):
+    """Splits a byte stream of HTTP/1.1 responses (Content-Length framed) into
+    a list of (status, headers dict lower-case, body)."""
+    out = []
+    while data:
+        head, sep, rest = data.partition(b"\r\n\r\n")
+        if not sep:
+            raise TestFailure(f"incomplete response: {data[:200]!r}")
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ")[1])
+        hdrs = {}
+        for l in lines[1:]:
+            k, _, v = l.partition(":")
+            hdrs[k.strip().lower()] = v.strip()
+        n = int(hdrs.get("content-length", "0"))
+        out.append((status, hdrs, rest[:n]))
+        data = rest[n:]
+    return out
+
+
+def main(ns):
+    global BIN, PG_BINDIR
+    cases = {k[len("case_"):]: v for k, v in ns.items() if k.startswith("case_") and callable(v)}
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--list", action="store_true")
+    ap.add_argument("--bin")
+    ap.add_argument("--pg-bindir", default=PG_BINDIR)
+    ap.add_argument("case", nargs="?")
+    a = ap.parse_args()
+    if a.list:
+        for name in cases:
+            print(name)
+        return 0
+    BIN = os.path.abspath(a.bin) if a.bin else None
+    PG_BINDIR = a.pg_bindir
+    if not BIN or a.case not in cases:
+        print(f"usage: {sys.argv[0]} --bin BINARY CASE (cases: {', '.join(cases)})", file=sys.stderr)
+        return 2
+    tmp = TempDir()
+    ctx = Ctx(tmp)
+    try:
+        cases[a.case](ctx)
+        print(f"PASS {a.case}")
+        return 0
+    except Exception:
+        traceback.print_exc()
+        for d in ctx.daemons:
+            print(f"---- log of daemon {d.cfg.get('instance_name')}:\n{d.logs()[-6000:]}", file=sys.stderr)
+        print(f"FAIL {a.case}", file=sys.stderr)
+        return 1
+    finally:
+        ctx.cleanup()
+        tmp.cleanup()
+
+
+class Ctx:
+    """What a test case gets: a temp dir, and factories that clean up after."""
+
+    def __init__(self, tmp):
+        self.tmp = tmp
+        self.daemons = []
+        self.clusters = []
+
+    def pg(self, name="pg", schema=True, **kw):
+        c = PgCluster(self.tmp, name, **kw).initdb()
+        self.clusters.append(c)
+        c.start()
+        if schema:
+            c.setup_schema()
+        return c
+
+    def daemon(self, pg=None, name="idv", start=True, wait_ready=True, **cfg):
+        d = Daemon(self.tmp, pg, name=name, **cfg)
+        self.daemons.append(d)
+        if start:
+            d.start(wait_ready=wait_ready)
+        return d
+
+    def cleanup(self):
+        for d in self.daemons:
+            try:
+                d.kill()
+            except Exception:
+                pass
+        for c in self.clusters:
+            try:
+                c.cleanup()
+            except Exception:
+                pass

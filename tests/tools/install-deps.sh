@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Installs every Debian 12 package the project needs to build, run and test.
+# Idempotent. Runs `apt-get update` first only when asked (--update) or when
+# the package lists are empty (a fresh machine).
+set -euo pipefail
+
+PACKAGES=(
+  # build
+  build-essential cmake pkg-config clang
+  # libraries (see CMakeLists.txt: configure names the package when one is missing)
+  libuv1-dev libssl-dev libpq-dev libcurl4-openssl-dev libjansson-dev libsystemd-dev
+  node-llhttp
+  # run and test
+  postgresql postgresql-client openssl curl ca-certificates python3 procps iproute2
+  systemd
+)
+
+SUDO=()
+if [ "$(id -u)" -ne 0 ]; then
+  SUDO=(sudo)
+fi
+
+update=0
+[ "${1:-}" = "--update" ] && update=1
+if ! compgen -G "/var/lib/apt/lists/*_Packages" >/dev/null; then update=1; fi
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "install-deps: all ${#PACKAGES[@]} packages present"
+  exit 0
+fi
+export DEBIAN_FRONTEND=noninteractive
+if [ $update -eq 1 ]; then "${SUDO[@]}" apt-get update -q; fi
+echo "install-deps: installing ${missing[*]}"
+# Services installed here must not start: the project runs its own clusters.
+"${SUDO[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"
