@@ -9,6 +9,7 @@
 #include <openssl/crypto.h>
 
 #include "crypto.h"
+#include "initialize.h"
 #include "log.h"
 #include "query.h"
 
@@ -305,11 +306,13 @@ void admin_handle(void *ctx, struct conn *c, const struct http_request *req, con
     if (app_path_is(req, base, "/v1/transactions")) {
         if (req->method != HTTP_POST)
             app_error(c, 405, "MethodNotAllowed", "use POST", NULL, "Allow: POST\r\n");
-        else if (!app->cfg->alibaba_enabled)
+        else if (!app->outbound)
             app_error(c, 503, "InitializeDisabled",
                       "no Alibaba credentials are configured (alibaba_access_key_id)", NULL, NULL);
-        else
-            app_error(c, 501, "NotImplemented", "Initialize is not available yet", NULL, NULL);
+        else {
+            json_t *body = body_object(c, req, base);
+            if (body) initialize_handle(app, c, body);
+        }
         return;
     }
     if (plen > tpl && memcmp(path, tx_prefix, tpl) == 0) {

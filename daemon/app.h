@@ -15,6 +15,7 @@ struct app {
     struct pg_pool *pool;
     struct store *store;
     struct server *srv;
+    struct outbound *outbound; /* NULL without Alibaba credentials */
     bool draining;
     size_t callback_path_len;
 };

@@ -41,6 +41,8 @@ static const struct key_def keys[] = {
     K(alibaba_access_key_secret_file, KT_STR, NULL, 0, 0),
     K(alibaba_ca_file, KT_STR, NULL, 0, 0),
     K(alibaba_qps, KT_INT, "10", 1, 10000),
+    K(alibaba_timeout_ms, KT_INT, "10000", 100, 120000),
+    K(alibaba_connect_timeout_ms, KT_INT, "3000", 100, 60000),
     K(trusted_proxies, KT_STR, NULL, 0, 0),
     K(proxy_protocol, KT_BOOL, "off", 0, 0),
     K(tls_cert_file, KT_STR, NULL, 0, 0),

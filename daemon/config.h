@@ -26,6 +26,8 @@ struct config {
     char *alibaba_access_key_secret_file;
     char *alibaba_ca_file;
     long alibaba_qps;
+    long alibaba_timeout_ms;
+    long alibaba_connect_timeout_ms;
     char *trusted_proxies;
     bool proxy_protocol;
     char *tls_cert_file;

@@ -16,8 +16,10 @@
 #include "app.h"
 #include "callback.h"
 #include "config.h"
+#include "initialize.h"
 #include "log.h"
 #include "migrate.h"
+#include "outbound.h"
 #include "version.h"
 
 #define EXIT_RUNTIME 1
@@ -78,10 +80,19 @@ static void pool_closed(void *arg)
     uv_close((uv_handle_t *)&d->stop_timer, closed_signal);
 }
 
-static void store_closed(void *arg)
+static void outbound_closed(void *arg)
 {
     struct daemon *d = arg;
     pg_pool_close(d->app.pool, pool_closed, d);
+}
+
+static void store_closed(void *arg)
+{
+    struct daemon *d = arg;
+    if (d->app.outbound)
+        outbound_close(d->app.outbound, outbound_closed, d);
+    else
+        outbound_closed(d);
 }
 
 static void server_closed(void *arg)
@@ -144,6 +155,10 @@ static int cmd_serve(const char *config_path)
 {
     static struct daemon d; /* lives as long as the loop */
     char err[512];
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+        fprintf(stderr, "idv-callbackd: libcurl cannot be initialized\n");
+        return EXIT_RUNTIME;
+    }
     if (config_load(&d.cfg, config_path, true, err, sizeof err) != 0) {
         fprintf(stderr, "idv-callbackd: %s\n", err);
         config_free(&d.cfg);
@@ -159,13 +174,19 @@ static int cmd_serve(const char *config_path)
     app->cfg = &d.cfg;
     app->callback_path_len = strlen(d.cfg.callback_path);
 
+    /* Every module's prepared statements, on every pool connection. */
+    static struct pg_stmt stmts[32];
+    size_t nstmts = 0;
+    for (size_t i = 0; i < store_statements_count; i++) stmts[nstmts++] = store_statements[i];
+    for (size_t i = 0; i < initialize_statements_count; i++)
+        stmts[nstmts++] = initialize_statements[i];
     struct pg_pool_opts po = {
         .conninfo = d.cfg.database_url,
         .size = (int)d.cfg.db_pool_size,
         .timeout_ms = (uint64_t)d.cfg.db_timeout_ms,
         .schema_version = migrate_latest_version(),
-        .stmts = store_statements,
-        .nstmts = store_statements_count,
+        .stmts = stmts,
+        .nstmts = nstmts,
         .max_queue = 10000,
         .application_name = "idv-callbackd",
     };
@@ -177,6 +198,21 @@ static int cmd_serve(const char *config_path)
                   (uint64_t)d.cfg.db_timeout_ms) != 0) {
         fprintf(stderr, "idv-callbackd: out of memory\n");
         return EXIT_RUNTIME;
+    }
+    if (d.cfg.alibaba_enabled) {
+        struct outbound_opts oo = {
+            .endpoint = d.cfg.alibaba_endpoint,
+            .access_key_id = d.cfg.alibaba_access_key_id,
+            .access_key_secret = d.cfg.alibaba_access_key_secret,
+            .ca_file = d.cfg.alibaba_ca_file,
+            .qps = d.cfg.alibaba_qps,
+            .timeout_ms = d.cfg.alibaba_timeout_ms,
+            .connect_timeout_ms = d.cfg.alibaba_connect_timeout_ms,
+        };
+        if (outbound_new(&app->outbound, loop, &oo) != 0) {
+            fprintf(stderr, "idv-callbackd: alibaba_endpoint: cannot be used\n");
+            return EXIT_USAGE;
+        }
     }
     struct server_opts so = {
         .public_addr = d.cfg.listen_addr,

@@ -1,0 +1,102 @@
+#pragma once
+#include <stdbool.h>
+#include <stddef.h>
+#include <time.h>
+
+#include "crypto.h"
+#include "err.h"
+
+/* Alibaba Cloud ID Verification (Cloudauth-intl 2022-08-09): request signing
+ * (ACS3-HMAC-SHA256), the Initialize parameter rules of the seed, and the
+ * response envelope. Pure: no I/O. */
+
+#define ALIBABA_API_VERSION "2022-08-09"
+
+/* A name and value, both NUL-terminated. */
+struct kv {
+    const char *k;
+    const char *v;
+};
+
+/* A growable string. */
+struct strbuf {
+    char *p;
+    size_t len, cap;
+    bool oom;
+};
+void strbuf_add(struct strbuf *b, const char *s, size_t n);
+void strbuf_adds(struct strbuf *b, const char *s);
+void strbuf_free(struct strbuf *b);
+
+/* Appends s percent-encoded per RFC 3986 as Alibaba's V3 signature wants it:
+ * A-Z a-z 0-9 - _ . ~ kept, every other byte %XX (upper-case hex), so a space
+ * is %20 and '*' is %2A. */
+void alibaba_pct_encode(struct strbuf *out, const char *s, size_t len);
+/* Builds the canonical query string: parameters sorted by name (byte order),
+ * then value; each encoded, joined as name=value with '&'. The same string is
+ * sent in the URL so that what is signed is what arrives. Returns a malloc'd
+ * string or NULL when out of memory. */
+char *alibaba_canonical_query(const struct kv *params, size_t n);
+
+/* What a signed request carries. */
+struct alibaba_signed {
+    char date[32];            /* x-acs-date, YYYY-MM-DDThh:mm:ssZ */
+    char content_sha256[SHA256_HEX_LEN + 1];
+    char signed_headers[128]; /* "host;x-acs-action;..." */
+    char signature[SHA256_HEX_LEN + 1];
+    char authorization[512];  /* the Authorization header value */
+};
+
+/* Signs a request: method, canonical query, body, and the six signed headers
+ * (host, x-acs-action, x-acs-version, x-acs-date, x-acs-signature-nonce,
+ * x-acs-content-sha256). Returns 0 or IDV_EINVAL. The secret is only read. */
+int alibaba_sign(const char *access_key_id, const char *secret, const char *method,
+                 const char *canonical_query, const char *host, const char *action,
+                 const char *version, time_t now, const char *nonce, const void *body,
+                 size_t body_len, struct alibaba_signed *out) IDV_MUSTCHECK;
+
+/* The core of the signature, exposed for the known-answer test: signs with
+ * explicit header values (names lower case, sorted by the caller). */
+int alibaba_signature(const char *secret, const char *method, const char *path,
+                      const char *canonical_query, const struct kv *headers, size_t nheaders,
+                      const char *body_sha_hex, char sig_hex[SHA256_HEX_LEN + 1],
+                      char *signed_headers, size_t sh_len) IDV_MUSTCHECK;
+
+/* ---- Initialize parameters ------------------------------------------------ */
+
+enum param_check {
+    PC_BIZ_ID,     /* 1-32 letters and digits */
+    PC_USER_ID,    /* 1-128 bytes, no control characters */
+    PC_JSON,       /* a string holding JSON, passed on byte for byte */
+    PC_HTTP_URL,   /* http(s)://host... */
+    PC_SCENE_CODE, /* 1-10 of [A-Za-z0-9_] */
+    PC_ENUM,       /* one of the listed values */
+};
+
+/* One Initialize request parameter: its admin (lower camel case) and upstream
+ * names, whether required, and its rule. The table is the seed, as data. */
+struct param_rule {
+    const char *json_name;
+    const char *api_name;
+    bool required;
+    enum param_check check;
+    const char *const *values; /* PC_ENUM: NULL-terminated */
+};
+extern const struct param_rule alibaba_initialize_params[];
+extern const size_t alibaba_initialize_params_count;
+
+/* Checks one value against its rule. */
+bool alibaba_param_valid(const struct param_rule *r, const char *v, size_t len);
+
+/* ---- responses -------------------------------------------------------------- */
+
+/* The envelope of an answer: RequestId, Code, Message (owned strings), and the
+ * Result object kept as JSON text. */
+struct alibaba_reply {
+    char *request_id, *code, *message;
+    char *result_json; /* "Result" serialized, or NULL */
+};
+/* Parses a response body; returns 0, or IDV_EPARSE when it is not a JSON object
+ * with a string Code. */
+int alibaba_reply_parse(const char *body, size_t len, struct alibaba_reply *out) IDV_MUSTCHECK;
+void alibaba_reply_free(struct alibaba_reply *r);

@@ -1,0 +1,446 @@
+#include "outbound.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <curl/curl.h>
+#include <openssl/rand.h>
+
+#include "log.h"
+#include "metrics.h"
+
+#define OUT_MAX_BODY (4u << 20) /* larger answers are refused, not buffered */
+
+struct sock_ctx {
+    uv_poll_t poll;
+    struct outbound *ob;
+    curl_socket_t fd;
+};
+
+struct outbound {
+    uv_loop_t *loop;
+    CURLM *multi;
+    uv_timer_t curl_timer; /* curl's own timeouts */
+    uv_timer_t qps_timer;  /* the next start under the qps bound */
+    struct outbound_opts opts;
+    char *endpoint, *host, *key_id, *secret, *ca_file;
+    struct out_call *qhead, *qtail; /* waiting for their turn */
+    struct out_call *rhead;         /* in flight */
+    size_t waiting, running;
+    uint64_t *starts; /* ring of the last qps start times */
+    size_t nstarts, istart;
+    int open_handles;
+    bool closing;
+    void (*close_cb)(void *);
+    void *close_arg;
+};
+
+static void ob_unref(struct outbound *ob)
+{
+    if (--ob->open_handles > 0 || !ob->closing) return;
+    void (*cb)(void *) = ob->close_cb;
+    void *arg = ob->close_arg;
+    curl_multi_cleanup(ob->multi);
+    free(ob->endpoint);
+    free(ob->host);
+    free(ob->key_id);
+    if (ob->secret) {
+        memset(ob->secret, 0, strlen(ob->secret));
+        free(ob->secret);
+    }
+    free(ob->ca_file);
+    free(ob->starts);
+    free(ob);
+    if (cb) cb(arg);
+}
+
+static void handle_closed(uv_handle_t *h) { ob_unref(h->data); }
+
+static void sock_closed(uv_handle_t *h)
+{
+    struct sock_ctx *s = (struct sock_ctx *)h;
+    struct outbound *ob = s->ob;
+    free(s);
+    ob_unref(ob);
+}
+
+static int action_index(const char *action)
+{
+    if (!strcmp(action, "Initialize")) return 0;
+    if (!strcmp(action, "CheckResult")) return 1;
+    return 2;
+}
+
+static enum out_transport classify(CURLcode rc)
+{
+    switch (rc) {
+    case CURLE_OK: return OUT_OK;
+    case CURLE_OPERATION_TIMEDOUT: return OUT_TIMEOUT;
+    case CURLE_COULDNT_CONNECT:
+    case CURLE_COULDNT_RESOLVE_HOST:
+    case CURLE_COULDNT_RESOLVE_PROXY: return OUT_CONNECT;
+    case CURLE_SSL_CONNECT_ERROR:
+    case CURLE_PEER_FAILED_VERIFICATION:
+    case CURLE_SSL_CERTPROBLEM:
+    case CURLE_SSL_CIPHER:
+    case CURLE_SSL_CACERT_BADFILE:
+    case CURLE_SSL_ISSUER_ERROR:
+    case CURLE_SSL_PINNEDPUBKEYNOTMATCH:
+    case CURLE_SSL_INVALIDCERTSTATUS: return OUT_TLS;
+    case CURLE_PARTIAL_FILE:
+    case CURLE_RECV_ERROR:
+    case CURLE_SEND_ERROR:
+    case CURLE_GOT_NOTHING:
+    case CURLE_WEIRD_SERVER_REPLY: return OUT_BROKEN;
+    case CURLE_WRITE_ERROR:
+    case CURLE_FILESIZE_EXCEEDED: return OUT_TOO_BIG;
+    default: return OUT_OTHER;
+    }
+}
+
+static void call_finish(struct outbound *ob, struct out_call *c, CURLcode rc)
+{
+    if (c->easy) {
+        for (struct out_call **pp = &ob->rhead; *pp; pp = &(*pp)->next)
+            if (*pp == c) {
+                *pp = c->next;
+                break;
+            }
+        c->next = NULL;
+        ob->running--;
+    }
+    struct out_result r = {0};
+    long status = 0;
+    if (c->easy) curl_easy_getinfo(c->easy, CURLINFO_RESPONSE_CODE, &status);
+    r.transport = classify(rc);
+    r.http_status = r.transport == OUT_OK ? status : 0;
+    r.body = c->body.p ? c->body.p : "";
+    r.body_len = c->body.len;
+    r.error = rc == CURLE_OK ? NULL : (c->errbuf[0] ? c->errbuf : curl_easy_strerror(rc));
+    r.seconds = (double)(uv_now(ob->loop) - c->started) / 1000.0;
+    if (r.transport == OUT_OK) r.parsed = alibaba_reply_parse(r.body, r.body_len, &r.reply) == 0;
+    int a = action_index(c->action);
+    int st = r.http_status >= 100 && r.http_status < 600 ? (int)r.http_status : 0;
+    g_metrics.outbound[a][st]++;
+    if (c->easy) {
+        curl_multi_remove_handle(ob->multi, c->easy);
+        curl_easy_cleanup(c->easy);
+        c->easy = NULL;
+    }
+    curl_slist_free_all(c->headers);
+    c->headers = NULL;
+    free(c->url);
+    c->url = NULL;
+    free(c->query);
+    c->query = NULL;
+    /* The body is released before the callback returns: copy what is kept. */
+    struct strbuf body = c->body;
+    memset(&c->body, 0, sizeof c->body);
+    c->done(c, &r);
+    alibaba_reply_free(&r.reply);
+    strbuf_free(&body);
+}
+
+static void check_multi_info(struct outbound *ob)
+{
+    CURLMsg *m;
+    int left;
+    while ((m = curl_multi_info_read(ob->multi, &left))) {
+        if (m->msg != CURLMSG_DONE) continue;
+        struct out_call *c = NULL;
+        curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&c);
+        call_finish(ob, c, m->data.result);
+    }
+}
+
+static void on_sock(uv_poll_t *h, int status, int events)
+{
+    struct sock_ctx *s = (struct sock_ctx *)h;
+    int flags = 0;
+    if (status < 0) flags = CURL_CSELECT_ERR;
+    if (events & UV_READABLE) flags |= CURL_CSELECT_IN;
+    if (events & UV_WRITABLE) flags |= CURL_CSELECT_OUT;
+    int running;
+    curl_multi_socket_action(s->ob->multi, s->fd, flags, &running);
+    check_multi_info(s->ob);
+}
+
+static int socket_cb(CURL *easy, curl_socket_t fd, int what, void *userp, void *socketp)
+{
+    (void)easy;
+    struct outbound *ob = userp;
+    struct sock_ctx *s = socketp;
+    if (what == CURL_POLL_REMOVE) {
+        if (s) {
+            /* uv_poll_stop() unregisters the descriptor at once, so curl may
+             * close it and reuse the number for a new socket right away. */
+            uv_poll_stop(&s->poll);
+            uv_close((uv_handle_t *)&s->poll, sock_closed);
+            curl_multi_assign(ob->multi, fd, NULL);
+        }
+        return 0;
+    }
+    if (!s) {
+        s = calloc(1, sizeof *s);
+        if (!s || uv_poll_init_socket(ob->loop, &s->poll, fd) != 0) {
+            free(s);
+            return -1;
+        }
+        s->ob = ob;
+        s->fd = fd;
+        ob->open_handles++;
+        curl_multi_assign(ob->multi, fd, s);
+    }
+    int events = 0;
+    if (what == CURL_POLL_IN || what == CURL_POLL_INOUT) events |= UV_READABLE;
+    if (what == CURL_POLL_OUT || what == CURL_POLL_INOUT) events |= UV_WRITABLE;
+    uv_poll_start(&s->poll, events, on_sock);
+    return 0;
+}
+
+static void on_curl_timer(uv_timer_t *t)
+{
+    struct outbound *ob = t->data;
+    int running;
+    curl_multi_socket_action(ob->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    check_multi_info(ob);
+}
+
+static int timer_cb(CURLM *multi, long timeout_ms, void *userp)
+{
+    (void)multi;
+    struct outbound *ob = userp;
+    if (timeout_ms < 0)
+        uv_timer_stop(&ob->curl_timer);
+    else
+        uv_timer_start(&ob->curl_timer, on_curl_timer, timeout_ms ? (uint64_t)timeout_ms : 1, 0);
+    return 0;
+}
+
+static size_t write_cb(char *data, size_t size, size_t n, void *userp)
+{
+    struct out_call *c = userp;
+    size_t len = size * n;
+    if (c->body.len + len > OUT_MAX_BODY) return 0; /* CURLE_WRITE_ERROR */
+    strbuf_add(&c->body, data, len);
+    return c->body.oom ? 0 : len;
+}
+
+/* Builds the signed request and hands it to curl. */
+static void call_start(struct outbound *ob, struct out_call *c)
+{
+    CURLcode rc = CURLE_OUT_OF_MEMORY;
+    c->started = uv_now(ob->loop);
+    c->errbuf[0] = '\0';
+    char nonce[33];
+    uint8_t raw[16];
+    if (RAND_bytes(raw, sizeof raw) != 1) goto fail;
+    crypto_hex(raw, sizeof raw, nonce);
+    c->query = alibaba_canonical_query(c->params, c->nparams);
+    if (!c->query) goto fail;
+    struct alibaba_signed sig;
+    if (alibaba_sign(ob->key_id, ob->secret, "POST", c->query, ob->host, c->action,
+                     ALIBABA_API_VERSION, time(NULL), nonce, "", 0, &sig) != 0)
+        goto fail;
+    size_t ulen = strlen(ob->endpoint) + strlen(c->query) + 4;
+    c->url = malloc(ulen);
+    if (!c->url) goto fail;
+    snprintf(c->url, ulen, "%s/?%s", ob->endpoint, c->query);
+
+    char h[600];
+    struct curl_slist *hl = NULL;
+#define ADDH(...)                                                                          \
+    do {                                                                                   \
+        snprintf(h, sizeof h, __VA_ARGS__);                                                \
+        struct curl_slist *t_ = curl_slist_append(hl, h);                                  \
+        if (!t_) goto fail_headers;                                                        \
+        hl = t_;                                                                           \
+    } while (0)
+    ADDH("Host: %s", ob->host);
+    ADDH("x-acs-action: %s", c->action);
+    ADDH("x-acs-version: %s", ALIBABA_API_VERSION);
+    ADDH("x-acs-date: %s", sig.date);
+    ADDH("x-acs-signature-nonce: %s", nonce);
+    ADDH("x-acs-content-sha256: %s", sig.content_sha256);
+    ADDH("Authorization: %s", sig.authorization);
+    ADDH("Accept: application/json");
+    ADDH("Expect:"); /* no 100-continue round trip */
+#undef ADDH
+    c->headers = hl;
+
+    CURL *e = curl_easy_init();
+    if (!e) goto fail;
+    c->easy = e;
+    curl_easy_setopt(e, CURLOPT_URL, c->url);
+    curl_easy_setopt(e, CURLOPT_POST, 1L);
+    curl_easy_setopt(e, CURLOPT_POSTFIELDS, "");
+    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, 0L);
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, hl);
+    curl_easy_setopt(e, CURLOPT_PRIVATE, c);
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, write_cb);
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, c);
+    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, c->errbuf);
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "https");
+    curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
+    curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L);
+    curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L);
+    curl_easy_setopt(e, CURLOPT_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_2);
+    if (ob->ca_file) curl_easy_setopt(e, CURLOPT_CAINFO, ob->ca_file);
+    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, ob->opts.connect_timeout_ms);
+    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, ob->opts.timeout_ms);
+    curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+    curl_easy_setopt(e, CURLOPT_USERAGENT, "idv-callbackd");
+    c->next = ob->rhead;
+    ob->rhead = c;
+    ob->running++;
+    if (curl_multi_add_handle(ob->multi, e) != CURLM_OK) goto fail;
+    return;
+
+fail_headers:
+    curl_slist_free_all(hl);
+fail:
+    snprintf(c->errbuf, sizeof c->errbuf, "cannot build the request");
+    call_finish(ob, c, rc);
+}
+
+static bool qps_allows(struct outbound *ob, uint64_t now, uint64_t *wait_ms)
+{
+    /* The oldest of the last qps starts must be a second old. */
+    if (ob->nstarts < (size_t)ob->opts.qps) return true;
+    uint64_t oldest = ob->starts[ob->istart];
+    if (now >= oldest + 1000) return true;
+    *wait_ms = oldest + 1000 - now;
+    return false;
+}
+
+static void qps_record(struct outbound *ob, uint64_t now)
+{
+    if (ob->nstarts < (size_t)ob->opts.qps) {
+        ob->starts[(ob->istart + ob->nstarts) % (size_t)ob->opts.qps] = now;
+        ob->nstarts++;
+    } else {
+        ob->starts[ob->istart] = now;
+        ob->istart = (ob->istart + 1) % (size_t)ob->opts.qps;
+    }
+}
+
+static void on_qps_timer(uv_timer_t *t);
+
+static void pump(struct outbound *ob)
+{
+    uint64_t now = uv_now(ob->loop), wait = 0;
+    while (ob->qhead && !ob->closing) {
+        if (!qps_allows(ob, now, &wait)) {
+            if (!uv_is_active((uv_handle_t *)&ob->qps_timer))
+                uv_timer_start(&ob->qps_timer, on_qps_timer, wait, 0);
+            return;
+        }
+        struct out_call *c = ob->qhead;
+        ob->qhead = c->next;
+        if (!ob->qhead) ob->qtail = NULL;
+        ob->waiting--;
+        c->next = NULL;
+        qps_record(ob, now);
+        call_start(ob, c);
+    }
+}
+
+static void on_qps_timer(uv_timer_t *t)
+{
+    struct outbound *ob = t->data;
+    pump(ob);
+    int running;
+    curl_multi_socket_action(ob->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    check_multi_info(ob);
+}
+
+void outbound_submit(struct outbound *ob, struct out_call *call)
+{
+    call->ob = ob;
+    call->next = NULL;
+    memset(&call->body, 0, sizeof call->body);
+    call->easy = NULL;
+    call->headers = NULL;
+    call->url = NULL;
+    call->query = NULL;
+    if (ob->qtail)
+        ob->qtail->next = call;
+    else
+        ob->qhead = call;
+    ob->qtail = call;
+    ob->waiting++;
+    /* Started from a zero timer: done never runs inside this call. */
+    if (!uv_is_active((uv_handle_t *)&ob->qps_timer))
+        uv_timer_start(&ob->qps_timer, on_qps_timer, 0, 0);
+}
+
+void outbound_counts(const struct outbound *ob, size_t *waiting, size_t *running)
+{
+    *waiting = ob->waiting;
+    *running = ob->running;
+}
+
+int outbound_new(struct outbound **out, uv_loop_t *loop, const struct outbound_opts *opts)
+{
+    if (strncmp(opts->endpoint, "https://", 8) != 0 || opts->qps < 1) return IDV_EINVAL;
+    struct outbound *ob = calloc(1, sizeof *ob);
+    if (!ob) return IDV_ENOMEM;
+    ob->loop = loop;
+    ob->opts = *opts;
+    ob->endpoint = strdup(opts->endpoint);
+    const char *h = opts->endpoint + 8;
+    size_t hl = strcspn(h, "/");
+    ob->host = strndup(h, hl);
+    ob->key_id = strdup(opts->access_key_id ? opts->access_key_id : "");
+    ob->secret = strdup(opts->access_key_secret ? opts->access_key_secret : "");
+    ob->ca_file = opts->ca_file ? strdup(opts->ca_file) : NULL;
+    ob->starts = calloc((size_t)opts->qps, sizeof *ob->starts);
+    ob->multi = curl_multi_init();
+    if (!ob->endpoint || !ob->host || !ob->key_id || !ob->secret || !ob->starts || !ob->multi ||
+        (opts->ca_file && !ob->ca_file)) {
+        ob->closing = true;
+        ob->open_handles = 1;
+        ob_unref(ob);
+        return IDV_ENOMEM;
+    }
+    ob->endpoint[8 + hl] = '\0'; /* scheme and authority only */
+    curl_multi_setopt(ob->multi, CURLMOPT_SOCKETFUNCTION, socket_cb);
+    curl_multi_setopt(ob->multi, CURLMOPT_SOCKETDATA, ob);
+    curl_multi_setopt(ob->multi, CURLMOPT_TIMERFUNCTION, timer_cb);
+    curl_multi_setopt(ob->multi, CURLMOPT_TIMERDATA, ob);
+    curl_multi_setopt(ob->multi, CURLMOPT_MAXCONNECTS, 16L);
+    uv_timer_init(loop, &ob->curl_timer);
+    uv_timer_init(loop, &ob->qps_timer);
+    ob->curl_timer.data = ob;
+    ob->qps_timer.data = ob;
+    ob->open_handles = 2;
+    *out = ob;
+    return 0;
+}
+
+void outbound_close(struct outbound *ob, void (*cb)(void *), void *arg)
+{
+    ob->closing = true;
+    ob->close_cb = cb;
+    ob->close_arg = arg;
+    while (ob->qhead) {
+        struct out_call *c = ob->qhead;
+        ob->qhead = c->next;
+        ob->waiting--;
+        snprintf(c->errbuf, sizeof c->errbuf, "shutting down");
+        call_finish(ob, c, CURLE_ABORTED_BY_CALLBACK);
+    }
+    ob->qtail = NULL;
+    /* Calls in flight: removing their handles makes curl release sockets. */
+    while (ob->rhead) {
+        snprintf(ob->rhead->errbuf, sizeof ob->rhead->errbuf, "shutting down");
+        call_finish(ob, ob->rhead, CURLE_ABORTED_BY_CALLBACK);
+    }
+    uv_timer_stop(&ob->curl_timer);
+    uv_timer_stop(&ob->qps_timer);
+    uv_close((uv_handle_t *)&ob->curl_timer, handle_closed);
+    uv_close((uv_handle_t *)&ob->qps_timer, handle_closed);
+}
