@@ -8,6 +8,7 @@
 #include <jansson.h>
 #include <openssl/crypto.h>
 
+#include "confirm.h"
 #include "crypto.h"
 #include "initialize.h"
 #include "log.h"
@@ -265,6 +266,12 @@ static void handle_metrics(struct app *app, struct conn *c)
         .draining = app->draining,
         .queue_depth = -1,
     };
+    if (app->confirm) {
+        struct confirm_stats cs;
+        confirm_get_stats(app->confirm, &cs);
+        g.queue_depth = cs.depth;
+        g.queue_oldest_seconds = cs.oldest_seconds;
+    }
     store_queue_sizes(app->store, &g.callback_queue, &g.audit_queue);
     size_t len;
     char *text = metrics_render(&g, &len);

@@ -16,6 +16,7 @@ struct app {
     struct store *store;
     struct server *srv;
     struct outbound *outbound; /* NULL without Alibaba credentials */
+    struct confirm *confirm;
     bool draining;
     size_t callback_path_len;
 };

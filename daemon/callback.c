@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "confirm.h"
 #include "log.h"
 #include "query.h"
 
@@ -25,6 +26,7 @@ static const struct {
 struct cb_req {
     struct cb_job job;
     struct conn *c;
+    struct app *app;
 };
 
 static void answer(struct conn *c, enum cb_outcome o, const char *txid)
@@ -43,6 +45,7 @@ static void job_done(struct cb_job *job, enum cb_outcome o)
      * commit; anything else is UNAVAILABLE (503), never a 200. */
     if (o != CBO_ACCEPTED && o != CBO_DUPLICATE && o != CBO_CONFLICT && o != CBO_REJECTED)
         o = CBO_UNAVAILABLE;
+    if (o == CBO_ACCEPTED) confirm_nudge(r->app->confirm);
     answer(r->c, o, job->transaction_id);
     free(r);
 }
@@ -74,6 +77,7 @@ static void handle_callback(struct app *app, struct conn *c, const struct http_r
         return;
     }
     r->c = c;
+    r->app = app;
     memcpy(r->job.transaction_id, p.transaction_id, sizeof p.transaction_id);
     memcpy(r->job.sub_code, p.sub_code, sizeof p.sub_code);
     r->job.passed = p.passed;

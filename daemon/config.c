@@ -59,6 +59,8 @@ static const struct key_def keys[] = {
     K(confirm_max_attempts, KT_INT, "12", 1, 1000),
     K(confirm_backoff_ms, KT_INT, "1000", 10, 3600000),
     K(confirm_backoff_max_ms, KT_INT, "300000", 10, 86400000),
+    K(confirm_poll_ms, KT_INT, "1000", 10, 600000),
+    K(sweep_interval_ms, KT_INT, "30000", 10, 3600000),
     K(shutdown_timeout_ms, KT_INT, "10000", 0, 600000),
 };
 #undef K

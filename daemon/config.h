@@ -43,6 +43,8 @@ struct config {
     long confirm_max_attempts;
     long confirm_backoff_ms;
     long confirm_backoff_max_ms;
+    long confirm_poll_ms;
+    long sweep_interval_ms;
     long shutdown_timeout_ms;
 
     /* Derived while validating. */

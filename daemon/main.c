@@ -16,6 +16,7 @@
 #include "app.h"
 #include "callback.h"
 #include "config.h"
+#include "confirm.h"
 #include "initialize.h"
 #include "log.h"
 #include "migrate.h"
@@ -86,13 +87,19 @@ static void outbound_closed(void *arg)
     pg_pool_close(d->app.pool, pool_closed, d);
 }
 
-static void store_closed(void *arg)
+static void confirm_closed(void *arg)
 {
     struct daemon *d = arg;
     if (d->app.outbound)
         outbound_close(d->app.outbound, outbound_closed, d);
     else
         outbound_closed(d);
+}
+
+static void store_closed(void *arg)
+{
+    struct daemon *d = arg;
+    confirm_close(d->app.confirm, confirm_closed, d);
 }
 
 static void server_closed(void *arg)
@@ -180,6 +187,7 @@ static int cmd_serve(const char *config_path)
     for (size_t i = 0; i < store_statements_count; i++) stmts[nstmts++] = store_statements[i];
     for (size_t i = 0; i < initialize_statements_count; i++)
         stmts[nstmts++] = initialize_statements[i];
+    for (size_t i = 0; i < confirm_statements_count; i++) stmts[nstmts++] = confirm_statements[i];
     struct pg_pool_opts po = {
         .conninfo = d.cfg.database_url,
         .size = (int)d.cfg.db_pool_size,
@@ -231,6 +239,23 @@ static int cmd_serve(const char *config_path)
     if (server_new(&app->srv, loop, &so, err, sizeof err) != 0) {
         log_kv(LOGL_ERROR, "cannot listen", "REASON", err, NULL);
         fprintf(stderr, "idv-callbackd: %s\n", err);
+        return EXIT_RUNTIME;
+    }
+    uint64_t lease = (uint64_t)(d.cfg.alibaba_timeout_ms * 2 + 5000);
+    struct confirm_opts co = {
+        .instance = d.cfg.instance_name,
+        .can_check = app->outbound != NULL,
+        .poll_ms = (uint64_t)d.cfg.confirm_poll_ms,
+        .sweep_ms = (uint64_t)d.cfg.sweep_interval_ms,
+        .grace_ms = (uint64_t)d.cfg.confirm_grace_ms,
+        .lease_ms = lease,
+        .max_attempts = d.cfg.confirm_max_attempts,
+        .backoff_ms = (uint64_t)d.cfg.confirm_backoff_ms,
+        .backoff_max_ms = (uint64_t)d.cfg.confirm_backoff_max_ms,
+        .batch = (unsigned)(d.cfg.alibaba_qps < 50 ? d.cfg.alibaba_qps : 50),
+    };
+    if (confirm_new(&app->confirm, app, &co) != 0) {
+        fprintf(stderr, "idv-callbackd: out of memory\n");
         return EXIT_RUNTIME;
     }
     pg_pool_start(app->pool);
