@@ -237,16 +237,18 @@ static int on_header_value_complete(llhttp_t *ll)
     case H_CONTENT_LENGTH: {
         if (p->req.has_content_length) return fail(p, 400, "Content-Length given twice");
         p->req.has_content_length = true;
-        if (v.len == 0 || v.len > 9) return fail(p, 400, "invalid Content-Length");
-        uint32_t cl = 0;
+        if (v.len == 0) return fail(p, 400, "invalid Content-Length");
+        /* Any run of digits is a valid length (RFC 9110 8.6); one too large for
+         * us is 413, not malformed, so the value saturates instead of failing. */
+        uint64_t cl = 0;
         for (uint32_t i = 0; i < v.len; i++) {
             if (s[i] < '0' || s[i] > '9') return fail(p, 400, "invalid Content-Length");
-            cl = cl * 10 + (uint32_t)(s[i] - '0');
+            if (cl <= UINT32_MAX) cl = cl * 10 + (uint64_t)(s[i] - '0');
         }
         if (p->rules->max_body == 0 && !(v.len == 1 && s[0] == '0'))
             return fail(p, 400, "a request body is not accepted here");
         if (cl > p->rules->max_body) return fail(p, 413, "request body too large");
-        p->req.content_length = cl;
+        p->req.content_length = (uint32_t)cl;
         break;
     }
     case H_HOST:
@@ -288,6 +290,9 @@ static int on_headers_complete(llhttp_t *ll)
     if (ll->http_minor == 1 && p->req.n_host == 0) return fail(p, 400, "Host missing");
     p->req.keep_alive = llhttp_should_keep_alive(ll) != 0;
     if (ll->upgrade || (ll->flags & F_UPGRADE)) p->req.upgrade = true;
+    /* Known now, not only once the body is in: the server sizes the buffer
+     * for head_len + content_length while the body is still arriving. */
+    p->req.head_len = p->scan_pos;
     p->head_done = true;
     /* Returning 1 tells llhttp the request has no body even for an upgrade. */
     return p->req.upgrade ? 1 : 0;
@@ -339,11 +344,17 @@ void http_parser_next(struct http_parser *p)
     p->ll.data = p;
 }
 
-bool http_parser_started(const struct http_parser *p) { return p->scan_pos > 0 || p->fed > 0; }
+bool http_parser_started(const struct http_parser *p)
+{
+    return p->in_request || p->scan_pos > 0 || p->fed > 0;
+}
 
 enum http_result http_parse(struct http_parser *p, const char *buf, size_t len, int *status,
                             const char **reason)
 {
+    /* The first bytes of a request line may sit in the scanner's incomplete
+     * line, where neither scan_pos nor fed moves yet. */
+    if (len > 0) p->in_request = true;
     if (!p->head_done && p->fed == 0) {
         enum scan_result s = scan_head(p, buf, len, status, reason);
         if (s == SCAN_ERROR) return HTTP_ERROR;

@@ -23,6 +23,9 @@ int netaddr_parse(const char *s, struct netaddr *out)
         memcpy(host, s, (size_t)(colon - s));
         host[colon - s] = '\0';
         port = colon + 1;
+        /* An unbracketed IPv6 host is ambiguous ("fe80::1:443": port 443, or an
+         * address whose port was forgotten?), so only "[v6]:port" is taken. */
+        if (strchr(host, ':')) return IDV_EPARSE;
     }
     char *endp;
     if (*port < '0' || *port > '9') return IDV_EPARSE;
@@ -101,7 +104,10 @@ static int cidr_parse_one(const char *s, size_t len, struct cidr *out)
     const char *slash = memchr(s, '/', len);
     size_t alen = slash ? (size_t)(slash - s) : len;
     if (ipaddr_parse(s, alen, &out->net) != 0) return IDV_EPARSE;
-    unsigned max = out->net.v4 ? 32 : 128, bits = max;
+    /* The prefix counts bits of the address as written: "10.0.0.0/8" is v4,
+     * "::ffff:10.0.0.0/104" is v6 even though both name the same mapped net. */
+    bool written_v4 = memchr(s, ':', alen) == NULL;
+    unsigned max = written_v4 ? 32 : 128, bits = max;
     if (slash) {
         const char *p = slash + 1, *end = s + len;
         if (p == end || end - p > 3) return IDV_EPARSE;
@@ -112,7 +118,7 @@ static int cidr_parse_one(const char *s, size_t len, struct cidr *out)
         }
         if (bits > max) return IDV_EPARSE;
     }
-    out->prefix = (uint8_t)(out->net.v4 ? bits + 96 : bits);
+    out->prefix = (uint8_t)(written_v4 ? bits + 96 : bits);
     /* Clear host bits so that matching is a plain prefix comparison. */
     for (unsigned i = out->prefix; i < 128; i++)
         out->net.b[i / 8] &= (uint8_t)~(0x80u >> (i % 8));
