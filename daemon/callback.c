@@ -88,14 +88,21 @@ static void handle_callback(struct app *app, struct conn *c, const struct http_r
     store_submit_callback(app->store, &r->job);
 }
 
+/* True for callback_path and anything below it. */
+static bool on_callback_path(const struct app *app, const struct http_request *req,
+                             const char *base)
+{
+    const char *path = base + req->path.off;
+    size_t n = app->callback_path_len;
+    return req->path.len >= n && memcmp(path, app->cfg->callback_path, n) == 0 &&
+           (req->path.len == n || path[n] == '/');
+}
+
 void callback_public_handle(void *ctx, struct conn *c, const struct http_request *req,
                             const char *base)
 {
     struct app *app = ctx;
-    const char *path = base + req->path.off;
-    size_t n = app->callback_path_len;
-    if (req->path.len >= n && memcmp(path, app->cfg->callback_path, n) == 0 &&
-        (req->path.len == n || path[n] == '/')) {
+    if (on_callback_path(app, req, base)) {
         handle_callback(app, c, req, base);
         return;
     }
@@ -108,4 +115,23 @@ void callback_public_handle(void *ctx, struct conn *c, const struct http_request
         return;
     }
     app_error(c, 404, "NotFound", "no such path", NULL, NULL);
+}
+
+bool callback_public_refused(void *ctx, struct conn *c, const struct http_request *req,
+                             const char *base, const char *reason)
+{
+    struct app *app = ctx;
+    if (!on_callback_path(app, req, base) || (req->method != HTTP_GET && req->method != HTTP_HEAD))
+        return false;
+    /* The status table answers a callback carrying a body "malformed", and
+     * every callback that reaches the daemon leaves an audit row: keep what
+     * the query says (never the token), with the parser's reason. */
+    struct cb_params p;
+    (void)(req->has_query ? cb_query_parse(base + req->query.off, req->query.len, &p)
+                          : cb_query_parse("", 0, &p));
+    char ip[IPADDR_STRLEN];
+    conn_client_ip(c, req, base, ip, sizeof ip);
+    store_audit_malformed(app->store, &p, ip, reason);
+    answer(c, CBO_MALFORMED, p.tx_ok ? p.transaction_id : NULL);
+    return true;
 }

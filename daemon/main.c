@@ -233,6 +233,7 @@ static int cmd_serve(const char *config_path)
         .max_requests_per_connection = (unsigned)d.cfg.max_requests_per_connection,
         .trusted = &d.cfg.trusted,
         .public_handler = callback_public_handle,
+        .public_refused = callback_public_refused,
         .admin_handler = admin_handle,
         .ctx = app,
     };

@@ -451,6 +451,21 @@ static void conn_framing_error(struct conn *c, int status, const char *reason)
     ipaddr_format(&c->peer, peer, sizeof peer);
     log_kv(LOGL_INFO, "request refused by the HTTP parser", "CONN_ID", id, "PEER", peer,
            "REASON", reason, NULL);
+    c->started = uv_hrtime();
+    c->state = CS_HANDLING;
+    conn_read_stop(c);
+    tl_remove(c);
+    c->hp.req.keep_alive = false;
+    struct server *srv = c->lis->srv;
+    if (c->lis->kind == ML_PUBLIC && status == 400 && srv->opts.public_refused &&
+        c->hp.req.path.len > 0) {
+        /* The target was read, so this may be a callback refused for its
+         * framing (a body): the contract answers it as a malformed callback,
+         * which is audited and counted like the others. The parser fills
+         * req.method only at the end of the head; llhttp knows it already. */
+        c->hp.req.method = (uint8_t)c->hp.ll.method;
+        if (srv->opts.public_refused(srv->opts.ctx, c, &c->hp.req, c->buf, reason)) return;
+    }
     static const char body400[] = "{\"result\":\"malformed\"}";
     char body[96];
     const char *b = body400;
@@ -461,11 +476,6 @@ static void conn_framing_error(struct conn *c, int status, const char *reason)
         b = body;
         blen = (size_t)n;
     }
-    c->started = uv_hrtime();
-    c->state = CS_HANDLING;
-    conn_read_stop(c);
-    tl_remove(c);
-    c->hp.req.keep_alive = false;
     conn_respond(c, status, "application/json", NULL, b, blen, true);
 }
 

@@ -22,6 +22,14 @@ struct conn;
 typedef void (*request_handler)(void *ctx, struct conn *c, const struct http_request *req,
                                 const char *base);
 
+/* Called when the public listener refuses a request with 400 after its request
+ * target was read (a request body, Transfer-Encoding, a bad header field):
+ * returns true when it answered with conn_respond(), which then always closes
+ * the connection; false leaves the plain 400 to the server. reason is the
+ * parser's static text. Headers after the offending one were not read. */
+typedef bool (*refused_handler)(void *ctx, struct conn *c, const struct http_request *req,
+                                const char *base, const char *reason);
+
 struct server_opts {
     struct netaddr public_addr, admin_addr;
     int public_fd, admin_fd;   /* inherited sockets (systemd), or -1 */
@@ -30,6 +38,7 @@ struct server_opts {
     unsigned max_requests_per_connection;
     const struct cidr_list *trusted; /* whose X-Forwarded-For is believed */
     request_handler public_handler, admin_handler;
+    refused_handler public_refused; /* may be NULL */
     void *ctx;
 };
 
