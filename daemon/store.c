@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "log.h"
 
@@ -17,7 +18,7 @@ const struct pg_stmt store_statements[] = {
      " $4::text[], $5::text[], $6, $7::boolean)"},
     {"record_events",
      "SELECT idv.record_events($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],"
-     " $6::text[], $7)"},
+     " $6::text[], $7, $8::double precision[])"},
     {"register_transaction", "SELECT idv.register_transaction($1, $2, $3, $4)"},
     {"get_transaction",
      "SELECT json_build_object('transactionId', transaction_id, 'merchantBizId', merchant_biz_id,"
@@ -33,6 +34,7 @@ struct audit_row {
     char sub_code[CB_SUBCODE_MAX + 1];
     char passed;
     char client_ip[IPADDR_STRLEN];
+    char received[32];  /* wall clock at receipt, epoch seconds: rows may wait */
     const char *reason; /* static text */
 };
 
@@ -48,6 +50,7 @@ struct store {
     bool closing;
     struct audit_row *ahead, *atail;
     size_t apending;
+    bool audit_inflight; /* one audit batch at a time (see on_pool_idle) */
     uv_check_t check; /* end of each loop turn: send what the turn gathered */
     uv_timer_t tick;  /* deadlines of callbacks still waiting for a connection */
     int open_handles;
@@ -62,8 +65,8 @@ struct batch {
     uint64_t sent_at;
     size_t n;
     bool audit;
-    const char *values[7];
-    char *arrays[6];
+    const char *values[8];
+    char *arrays[7];
     char instance_param[72];
     union {
         struct cb_job *jobs[STORE_BATCH_MAX];
@@ -113,7 +116,7 @@ static void lit_elem(struct lit *l, const char *v, bool first)
 
 static void batch_free(struct batch *b)
 {
-    for (int i = 0; i < 6; i++) free(b->arrays[i]);
+    for (int i = 0; i < 7; i++) free(b->arrays[i]);
     free(b);
 }
 
@@ -129,6 +132,7 @@ static void batch_done(struct pg_query *q, PGresult *res, int err)
     struct batch *b = q->data;
     struct store *st = b->st;
     if (b->audit) {
+        st->audit_inflight = false;
         if (err) {
             g_metrics.audit_rows_failed += b->n;
             log_kv(LOGL_WARN, "audit rows not written", "REASON", idv_strerror(err), "SQLSTATE",
@@ -232,8 +236,8 @@ static void submit_audit(struct store *st)
 {
     struct batch *b = calloc(1, sizeof *b);
     if (!b) return;
-    struct lit l[6] = {{0}};
-    for (int k = 0; k < 6; k++) lit_add(&l[k], "{", 1);
+    struct lit l[7] = {{0}};
+    for (int k = 0; k < 7; k++) lit_add(&l[k], "{", 1);
     size_t n = 0;
     while (st->ahead && n < STORE_AUDIT_BATCH_MAX) {
         struct audit_row *r = st->ahead;
@@ -246,15 +250,15 @@ static void submit_audit(struct store *st)
         lit_elem(&l[3], r->sub_code[0] ? r->sub_code : NULL, n == 0);
         lit_elem(&l[4], r->client_ip, n == 0);
         lit_elem(&l[5], r->reason, n == 0);
+        lit_elem(&l[6], r->received[0] ? r->received : NULL, n == 0);
         b->u.rows[n++] = r;
     }
     if (!st->ahead) st->atail = NULL;
     bool oom = false;
-    for (int k = 0; k < 6; k++) {
+    for (int k = 0; k < 7; k++) {
         lit_add(&l[k], "}", 1);
         oom |= l[k].oom;
         b->arrays[k] = l[k].p;
-        b->values[k] = l[k].p;
     }
     b->st = st;
     b->n = n;
@@ -266,17 +270,23 @@ static void submit_audit(struct store *st)
         return;
     }
     snprintf(b->instance_param, sizeof b->instance_param, "%s", st->instance);
+    for (int k = 0; k < 6; k++) b->values[k] = b->arrays[k];
     b->values[6] = b->instance_param;
+    b->values[7] = b->arrays[6]; /* p_received comes after p_instance */
     b->q.stmt = "record_events";
-    b->q.nparams = 7;
+    b->q.nparams = 8;
     b->q.values = b->values;
     b->q.done = batch_done;
     b->q.data = b;
+    st->audit_inflight = true;
     pg_pool_submit(st->pool, &b->q);
 }
 
 /* The pool has an idle connection and nothing queued: give it the callbacks
- * gathered so far as one transaction, or else the waiting audit rows. */
+ * gathered so far as one transaction, or else the waiting audit rows. Audit
+ * rows go one batch at a time: a flood of malformed requests then holds at most
+ * one connection, the others stay free for callbacks that wait on a commit,
+ * and the rows get their ids in the order the requests arrived. */
 static void on_pool_idle(void *arg)
 {
     struct store *st = arg;
@@ -294,7 +304,7 @@ static void on_pool_idle(void *arg)
         submit_jobs(st, jobs, n);
         return;
     }
-    if (st->ahead) submit_audit(st);
+    if (st->ahead && !st->audit_inflight) submit_audit(st);
 }
 
 static void check_cb(uv_check_t *h)
@@ -388,6 +398,10 @@ void store_audit_malformed(struct store *st, const struct cb_params *p, const ch
     if (p->sub_ok) snprintf(r->sub_code, sizeof r->sub_code, "%s", p->sub_code);
     r->passed = p->passed;
     snprintf(r->client_ip, sizeof r->client_ip, "%s", client_ip);
+    struct timespec now;
+    if (clock_gettime(CLOCK_REALTIME, &now) == 0)
+        snprintf(r->received, sizeof r->received, "%lld.%06ld", (long long)now.tv_sec,
+                 now.tv_nsec / 1000);
     r->reason = reason ? reason : "malformed";
     if (st->atail)
         st->atail->next = r;

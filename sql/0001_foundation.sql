@@ -192,15 +192,22 @@ END
 $$;
 
 -- Audit rows of requests answered without a lookup (malformed), in a batch.
+-- They are written after the answer, and wait in the daemon while PostgreSQL
+-- is away: p_received (epoch seconds) says when each request arrived, so that
+-- received_at does not become the time of the write. Rows get their ids in the
+-- order given.
 CREATE FUNCTION idv.record_events(p_outcome text[], p_tx text[], p_passed text[],
                                   p_sub text[], p_ip text[], p_reason text[],
-                                  p_instance text)
+                                  p_instance text, p_received double precision[])
 RETURNS integer
 LANGUAGE sql AS $$
-    INSERT INTO idv.callback_events (outcome, transaction_id, passed, sub_code, client_ip,
-                                     instance, reason)
-    SELECT u.o, u.tx, u.pa, u.sc, nullif(u.ip, '')::inet, p_instance, u.re
-    FROM unnest(p_outcome, p_tx, p_passed, p_sub, p_ip, p_reason) AS u (o, tx, pa, sc, ip, re);
+    INSERT INTO idv.callback_events (received_at, outcome, transaction_id, passed, sub_code,
+                                     client_ip, instance, reason)
+    SELECT coalesce(to_timestamp(u.rt), now()), u.o, u.tx, u.pa, u.sc, nullif(u.ip, '')::inet,
+           p_instance, u.re
+    FROM unnest(p_outcome, p_tx, p_passed, p_sub, p_ip, p_reason, p_received)
+         WITH ORDINALITY AS u (o, tx, pa, sc, ip, re, rt, n)
+    ORDER BY u.n;
     SELECT coalesce(array_length(p_outcome, 1), 0);
 $$;
 
@@ -246,8 +253,8 @@ GRANT INSERT, SELECT (id) ON idv.transaction_events TO idv_daemon;
 GRANT SELECT ON idv.transaction_status TO idv_daemon;
 GRANT EXECUTE ON FUNCTION idv.record_callbacks(text[], text[], text[], text[], text[], text,
                                                boolean) TO idv_daemon;
-GRANT EXECUTE ON FUNCTION idv.record_events(text[], text[], text[], text[], text[], text[], text)
-    TO idv_daemon;
+GRANT EXECUTE ON FUNCTION idv.record_events(text[], text[], text[], text[], text[], text[], text,
+                                            double precision[]) TO idv_daemon;
 GRANT EXECUTE ON FUNCTION idv.register_transaction(text, text, text, text) TO idv_daemon;
 GRANT EXECUTE ON FUNCTION idv.on_status_change() TO idv_daemon;
 GRANT EXECUTE ON FUNCTION idv.forbid_change() TO idv_daemon;
