@@ -21,6 +21,7 @@
 #include "log.h"
 #include "migrate.h"
 #include "outbound.h"
+#include "sd.h"
 #include "version.h"
 
 #define EXIT_RUNTIME 1
@@ -52,6 +53,10 @@ struct daemon {
     struct config cfg;
     uv_signal_t sigterm, sigint, sighup;
     uv_timer_t stop_timer;
+    uv_timer_t status_timer; /* READY=1 once the database answered, then STATUS= */
+    uv_timer_t watchdog;
+    bool watchdog_on;
+    bool ready;
     bool stopping;
     int exit_code;
 };
@@ -79,6 +84,8 @@ static void pool_closed(void *arg)
     uv_close((uv_handle_t *)&d->sigint, closed_signal);
     uv_close((uv_handle_t *)&d->sighup, closed_signal);
     uv_close((uv_handle_t *)&d->stop_timer, closed_signal);
+    uv_close((uv_handle_t *)&d->status_timer, closed_signal);
+    if (d->watchdog_on) uv_close((uv_handle_t *)&d->watchdog, closed_signal);
 }
 
 static void outbound_closed(void *arg)
@@ -130,8 +137,32 @@ static void on_stop_signal(uv_signal_t *s, int signum)
     d->stopping = true;
     d->app.draining = true;
     log_kv(LOGL_INFO, "stopping: draining connections", "SIGNAL", strsignal(signum), NULL);
+    sd_glue_stopping();
     uv_timer_start(&d->stop_timer, stop_timeout, (uint64_t)d->cfg.shutdown_timeout_ms, 0);
     server_drain(d->app.srv, drained, d);
+}
+
+static void status_tick(uv_timer_t *t)
+{
+    struct daemon *d = t->data;
+    struct pg_pool_stats ps;
+    pg_pool_get_stats(d->app.pool, &ps);
+    unsigned conns = server_open_connections(d->app.srv);
+    if (!d->ready) {
+        /* READY=1 only once the listeners are up (they are) and PostgreSQL has
+         * answered with a current schema. */
+        if (ps.ready == 0) return;
+        d->ready = true;
+        char st[320];
+        snprintf(st, sizeof st, "serving; PostgreSQL %d/%d connections on %s", ps.ready,
+                 (int)d->cfg.db_pool_size, ps.host);
+        sd_glue_ready(st);
+        uv_timer_set_repeat(t, 5000);
+        return;
+    }
+    sd_glue_status("%s; PostgreSQL %d/%d ready on %s; %u client connections",
+                   d->stopping ? "draining" : "serving", ps.ready, (int)d->cfg.db_pool_size,
+                   ps.host, conns);
 }
 
 static void on_reload(uv_signal_t *s, int signum)
@@ -140,10 +171,12 @@ static void on_reload(uv_signal_t *s, int signum)
     struct daemon *d = s->data;
     struct config fresh;
     char err[512];
+    sd_glue_reloading();
     if (config_load(&fresh, d->cfg.config_path, true, err, sizeof err) != 0) {
         log_kv(LOGL_ERROR, "reload refused: configuration invalid, keeping the old one", "REASON",
                err, NULL);
         config_free(&fresh);
+        sd_glue_ready("serving; reload refused (see the log)");
         return;
     }
     /* What reload changes: the log level and the trusted proxies. */
@@ -156,6 +189,7 @@ static void on_reload(uv_signal_t *s, int signum)
     config_free(&fresh);
     log_kv(LOGL_INFO, "configuration reloaded", "LOG_LEVEL",
            log_level_name((enum log_level)d->cfg.log_level), NULL);
+    sd_glue_ready("serving; configuration reloaded");
 }
 
 static int cmd_serve(const char *config_path)
@@ -237,6 +271,17 @@ static int cmd_serve(const char *config_path)
         .admin_handler = admin_handle,
         .ctx = app,
     };
+    int nfds = sd_glue_listen_fds(&d.cfg.listen_addr, &d.cfg.admin_addr, &so.public_fd,
+                                  &so.admin_fd, err, sizeof err);
+    if (nfds < 0) {
+        fprintf(stderr, "idv-callbackd: socket activation: %s\n", err);
+        return EXIT_RUNTIME;
+    }
+    if (nfds > 0) {
+        char n[16];
+        snprintf(n, sizeof n, "%d", nfds);
+        log_kv(LOGL_INFO, "using sockets passed by systemd", "COUNT", n, NULL);
+    }
     if (server_new(&app->srv, loop, &so, err, sizeof err) != 0) {
         log_kv(LOGL_ERROR, "cannot listen", "REASON", err, NULL);
         fprintf(stderr, "idv-callbackd: %s\n", err);
@@ -265,7 +310,12 @@ static int cmd_serve(const char *config_path)
     uv_signal_init(loop, &d.sigint);
     uv_signal_init(loop, &d.sighup);
     uv_timer_init(loop, &d.stop_timer);
+    uv_timer_init(loop, &d.status_timer);
     d.sigterm.data = d.sigint.data = d.sighup.data = d.stop_timer.data = &d;
+    d.status_timer.data = &d;
+    uv_timer_start(&d.status_timer, status_tick, 50, 100);
+    uv_unref((uv_handle_t *)&d.status_timer);
+    d.watchdog_on = sd_glue_watchdog_start(loop, &d.watchdog);
     uv_signal_start(&d.sigterm, on_stop_signal, SIGTERM);
     uv_signal_start(&d.sigint, on_stop_signal, SIGINT);
     uv_signal_start(&d.sighup, on_reload, SIGHUP);
