@@ -10,12 +10,14 @@ import http.client
 import json
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 
@@ -95,6 +97,7 @@ class PgCluster:
         self.sock = self.dir
         self.port = port or free_port()
         self.log = os.path.join(self.dir, "postgres.log")
+        self.listeners = []
         self.settings = {
             "listen_addresses": "'127.0.0.1'",
             "unix_socket_directories": f"'{self.sock}'",
@@ -118,9 +121,19 @@ class PgCluster:
         return self
 
     def pg_ctl(self, *args, check=True):
-        return subprocess.run(_as_postgres([os.path.join(PG_BINDIR, "pg_ctl"), "-D", self.data,
-                                            "-l", self.log] + list(args)),
-                              check=check, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        r = subprocess.run(_as_postgres([os.path.join(PG_BINDIR, "pg_ctl"), "-D", self.data,
+                                         "-l", self.log] + list(args)),
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        if check and r.returncode != 0:
+            try:
+                with open(self.log, errors="replace") as f:
+                    tail = f.read()[-3000:]
+            except OSError:
+                tail = ""
+            raise TestFailure(f"pg_ctl {' '.join(args)} failed ({r.returncode}): "
+                              f"{r.stderr.decode(errors='replace').strip()}\n"
+                              f"---- postgres.log:\n{tail}")
+        return r
 
     def start(self):
         self.pg_ctl("-w", "-t", "60", "start")
@@ -167,6 +180,35 @@ class PgCluster:
             raise TestFailure(f"psql failed: {r.stderr.strip()}\nSQL: {sql}")
         return r.stdout.strip() if r.returncode == 0 else None
 
+    def try_psql(self, sql, user="postgres", db="postgres"):
+        """Runs SQL with psql and returns the CompletedProcess (returncode,
+        stdout, stderr) without judging it: for statements expected to fail."""
+        return subprocess.run(["psql", "-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1",
+                               "-h", self.sock, "-p", str(self.port), "-U", user, "-d", db,
+                               "-c", sql], capture_output=True, text=True)
+
+    def migrate(self, user="postgres"):
+        """Runs `idv-callbackd migrate` against this cluster; returns the
+        CompletedProcess."""
+        return subprocess.run([BIN, "migrate"],
+                              env=dict(os.environ, IDV_DATABASE_URL=self.url(user)),
+                              capture_output=True, text=True)
+
+    def dump_all(self):
+        """pg_dumpall of the whole cluster (as postgres, through the socket)."""
+        r = subprocess.run(_as_postgres(["pg_dumpall", "-h", self.sock, "-p", str(self.port),
+                                         "-U", "postgres"]), capture_output=True, text=True)
+        if r.returncode != 0:
+            raise TestFailure(f"pg_dumpall failed: {r.stderr.strip()}")
+        return r.stdout
+
+    def listen(self, channel):
+        """A psql session LISTENing on channel (closed with the cluster); see
+        PgListener."""
+        lis = PgListener(self, channel)
+        self.listeners.append(lis)
+        return lis
+
     def rows(self, sql, **kw):
         out = self.psql(sql, **kw)
         return [line.split("|") for line in out.splitlines()] if out else []
@@ -187,8 +229,61 @@ class PgCluster:
         return r.stdout
 
     def cleanup(self):
+        for lis in self.listeners:
+            lis.kill()
         self.thaw()
         self.stop("immediate")
+
+
+class PgListener:
+    """A psql coprocess that LISTENs on a channel. psql prints notifications
+    only after a command, so wait_for() keeps sending cheap SELECTs while it
+    polls the collected output."""
+
+    NOTE = re.compile(r'^Asynchronous notification "(.*)" with payload "(.*)" received from '
+                      r'server process with PID \d+\.$')
+
+    def __init__(self, pg, channel):
+        self.proc = subprocess.Popen(["psql", "-X", "-A", "-t", "-q", "-h", pg.sock, "-p",
+                                      str(pg.port), "-U", "postgres", "-d", "postgres"],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True, bufsize=1)
+        self.lines = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self._send(f'LISTEN "{channel}";\nSELECT \'listening\';\n')
+        # Once the SELECT after LISTEN answered, the LISTEN is in effect.
+        wait_until(lambda: "listening\n" in self.lines, 30, what="LISTEN to take effect")
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    def _send(self, text):
+        self.proc.stdin.write(text)
+        self.proc.stdin.flush()
+
+    def notifications(self):
+        """(channel, payload) of every notification received so far."""
+        out = []
+        for line in list(self.lines):
+            m = self.NOTE.match(line.rstrip("\n"))
+            if m:
+                out.append((m.group(1), m.group(2)))
+        return out
+
+    def wait_for(self, pred, timeout=30.0, what="a notification"):
+        """Waits until pred(notifications()) is true; returns the notifications."""
+        def poll():
+            self._send("SELECT 1;\n")
+            n = self.notifications()
+            return n if pred(n) else None
+        return wait_until(poll, timeout, 0.05, what)
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
 
 ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
@@ -299,7 +394,11 @@ class Daemon:
         except OSError:
             return None
 
-    def callback(self, tx=None, passed=None, sub=None, token=None, extra="", method="GET"):
+    def callback(self, tx=None, passed=None, sub=None, token=None, extra="", method="GET",
+                 path=None, headers=None):
+        """A callback request on a fresh connection; values are sent as given
+        (already percent-encoded). Returns (status, JSON body or None, headers,
+        raw body)."""
         q = []
         if tx is not None:
             q.append(f"transactionId={tx}")
@@ -309,8 +408,8 @@ class Daemon:
             q.append(f"subCode={sub}")
         if token is not None:
             q.append(f"callbackToken={token}")
-        path = "/idv/callback?" + "&".join(q) + extra
-        st, hd, body = self.request(method, path)
+        base = path or self.cfg.get("callback_path") or "/idv/callback"
+        st, hd, body = self.request(method, base + "?" + "&".join(q) + extra, headers=headers)
         return st, (json.loads(body) if body else None), hd, body
 
     def register(self, tx, biz, token, user=None):
