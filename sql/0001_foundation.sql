@@ -104,6 +104,8 @@ CREATE TRIGGER transaction_events_no_truncate BEFORE TRUNCATE ON idv.transaction
     FOR EACH STATEMENT EXECUTE FUNCTION idv.forbid_change();
 CREATE TRIGGER callback_results_append_only BEFORE UPDATE OR DELETE ON idv.callback_results
     FOR EACH ROW EXECUTE FUNCTION idv.forbid_change();
+CREATE TRIGGER callback_results_no_truncate BEFORE TRUNCATE ON idv.callback_results
+    FOR EACH STATEMENT EXECUTE FUNCTION idv.forbid_change();
 
 -- Every status change appends an event and notifies, in the same transaction.
 CREATE FUNCTION idv.on_status_change() RETURNS trigger
