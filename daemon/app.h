@@ -18,6 +18,7 @@ struct app {
     struct outbound *outbound; /* NULL without Alibaba credentials */
     struct confirm *confirm;
     bool draining;
+    bool tls; /* the public listener speaks TLS */
     size_t callback_path_len;
 };
 

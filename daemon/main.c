@@ -22,6 +22,7 @@
 #include "migrate.h"
 #include "outbound.h"
 #include "sd.h"
+#include "tls.h"
 #include "version.h"
 
 #define EXIT_RUNTIME 1
@@ -179,7 +180,22 @@ static void on_reload(uv_signal_t *s, int signum)
         sd_glue_ready("serving; reload refused (see the log)");
         return;
     }
-    /* What reload changes: the log level and the trusted proxies. */
+    /* What reload changes: the log level, the trusted proxies and the TLS
+     * certificate (a bad certificate or key keeps the old one). */
+    if (fresh.tls_cert_file && d->app.tls) {
+        char terr[512];
+        SSL_CTX *ctx = tls_ctx_new(fresh.tls_cert_file, fresh.tls_key_file, terr, sizeof terr);
+        if (ctx) {
+            server_set_tls_ctx(d->app.srv, ctx);
+            SSL_CTX_free(ctx);
+            log_kv(LOGL_INFO, "TLS certificate reloaded", "PATH", fresh.tls_cert_file, NULL);
+        } else {
+            log_kv(LOGL_ERROR, "TLS certificate not reloaded, keeping the old one", "REASON", terr,
+                   NULL);
+        }
+    } else if (!fresh.tls_cert_file != !d->app.tls) {
+        log_kv(LOGL_WARN, "turning TLS on or off needs a restart", NULL);
+    }
     log_set_level((enum log_level)fresh.log_level);
     struct cidr_list old = d->cfg.trusted;
     d->cfg.trusted = fresh.trusted;
@@ -256,6 +272,15 @@ static int cmd_serve(const char *config_path)
             return EXIT_USAGE;
         }
     }
+    SSL_CTX *tls_ctx = NULL;
+    if (d.cfg.tls_cert_file) {
+        tls_ctx = tls_ctx_new(d.cfg.tls_cert_file, d.cfg.tls_key_file, err, sizeof err);
+        if (!tls_ctx) {
+            fprintf(stderr, "idv-callbackd: %s\n", err);
+            return EXIT_USAGE;
+        }
+        app->tls = true;
+    }
     struct server_opts so = {
         .public_addr = d.cfg.listen_addr,
         .admin_addr = d.cfg.admin_addr,
@@ -266,6 +291,8 @@ static int cmd_serve(const char *config_path)
         .max_connections = (unsigned)d.cfg.max_connections,
         .max_requests_per_connection = (unsigned)d.cfg.max_requests_per_connection,
         .trusted = &d.cfg.trusted,
+        .proxy_protocol = d.cfg.proxy_protocol,
+        .tls_ctx = tls_ctx,
         .public_handler = callback_public_handle,
         .public_refused = callback_public_refused,
         .admin_handler = admin_handle,
@@ -287,6 +314,7 @@ static int cmd_serve(const char *config_path)
         fprintf(stderr, "idv-callbackd: %s\n", err);
         return EXIT_RUNTIME;
     }
+    if (tls_ctx) SSL_CTX_free(tls_ctx); /* the server holds its own reference */
     uint64_t lease = (uint64_t)(d.cfg.alibaba_timeout_ms * 2 + 5000);
     struct confirm_opts co = {
         .instance = d.cfg.instance_name,
@@ -342,6 +370,15 @@ static int cmd_check_config(const char *path)
         fprintf(stderr, "idv-callbackd: %s\n", err);
         config_free(&cfg);
         return EXIT_USAGE;
+    }
+    if (cfg.tls_cert_file) {
+        SSL_CTX *ctx = tls_ctx_new(cfg.tls_cert_file, cfg.tls_key_file, err, sizeof err);
+        if (!ctx) {
+            fprintf(stderr, "idv-callbackd: %s\n", err);
+            config_free(&cfg);
+            return EXIT_USAGE;
+        }
+        SSL_CTX_free(ctx);
     }
     config_print(&cfg, stdout);
     config_free(&cfg);

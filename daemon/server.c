@@ -7,12 +7,15 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "proxy.h"
+#include "tls.h"
 
 #define BUF_SIZE 32768      /* holds the largest head the limits allow */
 #define BUF_CACHE_MAX 128   /* spare buffers kept for reuse */
 #define LINGER_MS 2000      /* reading and discarding after a closing answer */
 #define LINGER_MAX_BYTES 65536
 #define RESPONSE_INLINE 4096
+#define CIPHER_BUF 65536    /* ciphertext read from TLS sockets: one shared buffer */
 
 enum conn_state {
     CS_READING = 0, /* waiting for (more of) a request */
@@ -51,7 +54,11 @@ struct conn {
     uint32_t linger_bytes;
     char *buf;
     uint32_t len, cap;
+    bool awaiting_proxy; /* a PROXY header must come first (trusted peer) */
+    bool has_client;     /* client below came from a PROXY header */
     struct ipaddr peer;
+    struct ipaddr client;
+    struct tls_conn *tls; /* NULL on plain connections */
     uint64_t started; /* uv_hrtime() when the head was complete */
     const char *note_outcome;
     const char *note_tx;
@@ -79,6 +86,7 @@ struct server {
     void *close_arg;
     char *cache[BUF_CACHE_MAX];
     unsigned ncache;
+    SSL_CTX *tls_ctx; /* the public listener speaks TLS when set */
 };
 
 static void conn_process(struct conn *c);
@@ -164,6 +172,12 @@ static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *b)
         *b = uv_buf_init(sink, sizeof sink);
         return;
     }
+    if (c->tls && !c->awaiting_proxy) {
+        /* Ciphertext is consumed inside read_cb, so one buffer serves all. */
+        static char cipher[CIPHER_BUF];
+        *b = uv_buf_init(cipher, sizeof cipher);
+        return;
+    }
     if (!c->buf) {
         c->buf = buf_get(c->lis->srv);
         c->cap = c->buf ? BUF_SIZE : 0;
@@ -192,9 +206,91 @@ static void conn_read_start(struct conn *c)
         c->reading = true;
 }
 
+static void conn_send(struct conn *c, const char *data, size_t len, bool response);
+
+/* Sends what OpenSSL wants to send (handshake records, alerts). */
+static void tls_flush(struct conn *c)
+{
+    char out[16384];
+    size_t n;
+    while (!c->closing && (n = tls_take_out(c->tls, out, sizeof out)) > 0)
+        conn_send(c, out, n, false);
+}
+
+/* Decrypts what OpenSSL holds into the request buffer, as far as it has room.
+ * Returns false when the connection was closed. */
+static bool tls_pull(struct conn *c)
+{
+    if (!c->buf) {
+        c->buf = buf_get(c->lis->srv);
+        c->cap = c->buf ? BUF_SIZE : 0;
+        c->len = 0;
+        if (!c->buf) {
+            conn_close(c);
+            return false;
+        }
+    }
+    enum tls_io r = TLS_IO_OK;
+    size_t got;
+    do {
+        r = tls_read(c->tls, c->buf + c->len, c->cap - c->len, &got);
+        c->len += (uint32_t)got;
+    } while (r == TLS_IO_OK && got > 0 && c->len < c->cap);
+    tls_flush(c);
+    if (r != TLS_IO_OK) {
+        if (r == TLS_IO_ERROR) {
+            char id[16], peer[IPADDR_STRLEN];
+            snprintf(id, sizeof id, "%u", c->id);
+            ipaddr_format(&c->peer, peer, sizeof peer);
+            log_kv(LOGL_INFO, "TLS handshake or record failed", "CONN_ID", id, "PEER", peer, NULL);
+        }
+        conn_close(c);
+        return false;
+    }
+    if (c->len == 0) conn_buf_release(c);
+    return !c->closing;
+}
+
+/* The PROXY header from a trusted load balancer: the client's address, then
+ * the connection goes on as usual with the bytes after it. */
+static bool proxy_step(struct conn *c)
+{
+    struct proxy_info pi;
+    size_t used = 0;
+    const char *reason = NULL;
+    enum proxy_result r = proxy_parse((const uint8_t *)c->buf, c->len, &pi, &used, &reason);
+    if (r == PROXY_NEED_MORE) return true;
+    if (r == PROXY_ERROR) {
+        char id[16], peer[IPADDR_STRLEN];
+        snprintf(id, sizeof id, "%u", c->id);
+        ipaddr_format(&c->peer, peer, sizeof peer);
+        log_kv(LOGL_INFO, "PROXY header refused", "CONN_ID", id, "PEER", peer, "REASON", reason,
+               NULL);
+        conn_close(c);
+        return false;
+    }
+    c->awaiting_proxy = false;
+    if (pi.has_addr) {
+        c->client = pi.src;
+        c->has_client = true;
+    }
+    memmove(c->buf, c->buf + used, c->len - used);
+    c->len -= (uint32_t)used;
+    if (c->tls) {
+        bool ok = tls_feed(c->tls, c->buf, c->len);
+        c->len = 0;
+        if (!ok) {
+            conn_close(c);
+            return false;
+        }
+        return tls_pull(c);
+    }
+    if (c->len == 0) conn_buf_release(c);
+    return true;
+}
+
 static void read_cb(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
 {
-    (void)b;
     struct conn *c = (struct conn *)s;
     if (c->state == CS_LINGER) {
         if (n < 0 || (c->linger_bytes += (uint32_t)n) > LINGER_MAX_BYTES) conn_close(c);
@@ -212,8 +308,24 @@ static void read_cb(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
         return;
     }
     bool first_bytes = c->len == 0;
-    c->len += (uint32_t)n;
-    if (first_bytes && c->tlist == TL_IDLE) tl_add(c, TL_HEAD); /* head deadline starts now */
+    if (c->awaiting_proxy) {
+        c->len += (uint32_t)n;
+        if (!proxy_step(c)) return;
+        if (c->awaiting_proxy) {
+            if (c->len >= PROXY_V2_MAX) conn_close(c); /* cannot be a valid header */
+            return;
+        }
+    } else if (c->tls) {
+        if (!tls_feed(c->tls, b->base, (size_t)n)) {
+            conn_close(c);
+            return;
+        }
+        if (!tls_pull(c)) return;
+    } else {
+        c->len += (uint32_t)n;
+    }
+    if (first_bytes && c->len > 0 && c->tlist == TL_IDLE)
+        tl_add(c, TL_HEAD); /* head deadline starts now */
     conn_process(c);
 }
 
@@ -222,6 +334,7 @@ static void read_cb(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
 struct wout {
     uv_write_t req;
     struct conn *c;
+    bool response; /* the last bytes of an answer: completes it */
     size_t len;
     char data[];
 };
@@ -232,22 +345,24 @@ static void write_cb(uv_write_t *req, int status)
 {
     struct wout *w = (struct wout *)req;
     struct conn *c = w->c;
+    bool response = w->response;
     free(w);
     if (c->closing) return;
     if (status < 0) {
         conn_close(c);
         return;
     }
-    after_response(c);
+    if (response) after_response(c);
 }
 
-/* Writes bytes; the answer is complete when after_response() runs. */
-static void conn_write(struct conn *c, const char *data, size_t len)
+/* Writes bytes to the socket in order; when response is set they end an answer,
+ * which is complete when after_response() runs. */
+static void conn_send(struct conn *c, const char *data, size_t len, bool response)
 {
     uv_buf_t b = uv_buf_init((char *)data, (unsigned)len);
     int n = uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
     if (n == (int)len) {
-        after_response(c);
+        if (response) after_response(c);
         return;
     }
     if (n < 0 && n != UV_EAGAIN) {
@@ -261,15 +376,42 @@ static void conn_write(struct conn *c, const char *data, size_t len)
         return;
     }
     w->c = c;
+    w->response = response;
     w->len = len - done;
     memcpy(w->data, data + done, w->len);
     b = uv_buf_init(w->data, (unsigned)w->len);
-    c->state = CS_WRITING;
-    tl_add(c, TL_WRITE);
+    if (response) {
+        c->state = CS_WRITING;
+        tl_add(c, TL_WRITE);
+    }
     if (uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, write_cb) != 0) {
         free(w);
         conn_close(c);
     }
+}
+
+/* Writes an answer: in clear, or as TLS records (with a close_notify after the
+ * last answer of the connection). */
+static void conn_write(struct conn *c, const char *data, size_t len)
+{
+    if (!c->tls) {
+        conn_send(c, data, len, true);
+        return;
+    }
+    if (!tls_write(c->tls, data, len)) {
+        conn_close(c);
+        return;
+    }
+    if (c->close_after) tls_shutdown(c->tls);
+    size_t n = tls_pending_out(c->tls);
+    char *out = malloc(n ? n : 1);
+    if (!out) {
+        conn_close(c);
+        return;
+    }
+    n = tls_take_out(c->tls, out, n);
+    conn_send(c, out, n, true);
+    free(out);
 }
 
 /* ---- closing ------------------------------------------------------------ */
@@ -289,6 +431,10 @@ static void conn_free(struct conn *c)
     g_metrics.conns_open[c->lis->kind]--;
     srv->open--;
     conn_buf_release(c);
+    if (c->tls) {
+        tls_conn_free(c->tls);
+        free(c->tls);
+    }
     free(c);
     server_maybe_drained(srv);
 }
@@ -367,6 +513,8 @@ static void after_response(struct conn *c)
     http_parser_next(&c->hp);
     c->sent_continue = false;
     c->state = CS_READING;
+    /* Records OpenSSL already holds will not wake the socket: decrypt them. */
+    if (c->tls && tls_has_input(c->tls) && c->len < BUF_SIZE && !tls_pull(c)) return;
     if (c->len == 0) {
         conn_buf_release(c); /* idle connections hold no buffer */
         tl_add(c, TL_IDLE);
@@ -385,18 +533,22 @@ static void log_request(struct conn *c, int status)
     if (status >= 100 && status < 600) g_metrics.requests[c->lis->kind][status]++;
     histogram_observe(&g_metrics.request_seconds[c->lis->kind], secs);
     if (!log_enabled(LOGL_INFO)) return;
-    char st[8], ms[32], id[16], peer[IPADDR_STRLEN], path[256];
+    char st[8], ms[32], id[16], peer[IPADDR_STRLEN], client[IPADDR_STRLEN], path[256];
     snprintf(st, sizeof st, "%d", status);
     snprintf(ms, sizeof ms, "%.3f", secs * 1000.0);
     snprintf(id, sizeof id, "%u", c->id);
     ipaddr_format(&c->peer, peer, sizeof peer);
+    if (c->buf && c->hp.head_done)
+        conn_client_ip(c, &c->hp.req, c->buf, client, sizeof client);
+    else
+        ipaddr_format(c->has_client ? &c->client : &c->peer, client, sizeof client);
     /* The path only: the query string carries the callback token. */
     const struct http_request *r = &c->hp.req;
     size_t plen = r->path.len < sizeof path - 1 ? r->path.len : sizeof path - 1;
     if (c->buf && plen) memcpy(path, c->buf + r->path.off, plen);
     path[c->buf ? plen : 0] = '\0';
     log_kv(LOGL_INFO, "request", "LISTENER", c->lis->kind == ML_PUBLIC ? "public" : "admin",
-           "CONN_ID", id, "PEER", peer, "METHOD", c->hp.head_done ? method_name(r->method) : "-",
+           "CONN_ID", id, "PEER", peer, "CLIENT_IP", client, "METHOD", c->hp.head_done ? method_name(r->method) : "-",
            "PATH", path, "STATUS", st, "DURATION_MS", ms, "OUTCOME", c->note_outcome,
            "TRANSACTION_ID", c->note_tx, NULL);
 }
@@ -512,12 +664,17 @@ static void conn_process(struct conn *c)
                 }
                 if (q->expect_continue && !c->sent_continue) {
                     static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
-                    uv_buf_t b = uv_buf_init((char *)cont, sizeof cont - 1);
                     c->sent_continue = true;
-                    if (uv_try_write((uv_stream_t *)&c->tcp, &b, 1) != (int)sizeof cont - 1) {
-                        conn_close(c);
-                        break;
+                    if (c->tls) {
+                        if (!tls_write(c->tls, cont, sizeof cont - 1)) {
+                            conn_close(c);
+                            break;
+                        }
+                        tls_flush(c);
+                    } else {
+                        conn_send(c, cont, sizeof cont - 1, false);
                     }
+                    if (c->closing) break;
                 }
             }
             if (c->len >= c->cap) {
@@ -572,6 +729,18 @@ static void on_connection(uv_stream_t *ls, int status)
         ipaddr_from_sockaddr((struct sockaddr *)&ss, &c->peer) != 0)
         memset(&c->peer, 0, sizeof c->peer);
     uv_tcp_nodelay(&c->tcp, 1);
+    if (l->kind == ML_PUBLIC && srv->opts.proxy_protocol && srv->opts.trusted &&
+        cidr_list_contains(srv->opts.trusted, &c->peer))
+        c->awaiting_proxy = true;
+    if (l->kind == ML_PUBLIC && srv->tls_ctx) {
+        c->tls = malloc(sizeof *c->tls);
+        if (!c->tls || tls_conn_init(c->tls, srv->tls_ctx) != 0) {
+            free(c->tls);
+            c->tls = NULL;
+            conn_close(c);
+            return;
+        }
+    }
     http_parser_init(&c->hp, &l->rules);
     c->state = CS_READING;
     tl_add(c, TL_HEAD); /* the head deadline counts from accept */
@@ -619,6 +788,7 @@ static void server_handle_closed(uv_handle_t *h)
     void (*cb)(void *) = srv->close_cb;
     void *arg = srv->close_arg;
     while (srv->ncache) free(srv->cache[--srv->ncache]);
+    if (srv->tls_ctx) SSL_CTX_free(srv->tls_ctx);
     free(srv);
     if (cb) cb(arg);
 }
@@ -630,6 +800,10 @@ int server_new(struct server **out, uv_loop_t *loop, const struct server_opts *o
     if (!srv) return IDV_ENOMEM;
     srv->loop = loop;
     srv->opts = *opts;
+    if (opts->tls_ctx) {
+        SSL_CTX_up_ref(opts->tls_ctx);
+        srv->tls_ctx = opts->tls_ctx;
+    }
     srv->tq[TL_HEAD].ms = opts->header_timeout_ms;
     srv->tq[TL_IDLE].ms = opts->idle_timeout_ms;
     srv->tq[TL_WRITE].ms = opts->header_timeout_ms;
@@ -670,6 +844,14 @@ void server_set_trusted(struct server *srv, const struct cidr_list *trusted)
 }
 
 unsigned server_open_connections(const struct server *srv) { return srv->open; }
+
+void server_set_tls_ctx(struct server *srv, SSL_CTX *ctx)
+{
+    /* Connections already open hold their own reference to the old context. */
+    SSL_CTX_up_ref(ctx);
+    if (srv->tls_ctx) SSL_CTX_free(srv->tls_ctx);
+    srv->tls_ctx = ctx;
+}
 
 static void listeners_stop(struct server *srv)
 {
@@ -728,9 +910,11 @@ void server_close(struct server *srv, void (*cb)(void *), void *arg)
 void conn_client_ip(const struct conn *c, const struct http_request *req, const char *base,
                     char *out, size_t outlen)
 {
-    struct ipaddr client = c->peer;
+    /* A PROXY header from a trusted balancer names the client; otherwise the
+     * peer is the candidate, and X-Forwarded-For counts only from trusted ones. */
+    struct ipaddr client = c->has_client ? c->client : c->peer;
     const struct cidr_list *trusted = c->lis->srv->opts.trusted;
-    if (trusted && trusted->n && req->n_xff && cidr_list_contains(trusted, &c->peer)) {
+    if (trusted && trusted->n && req->n_xff && cidr_list_contains(trusted, &client)) {
         /* Walk X-Forwarded-For from the right: each trusted hop vouches for the
          * address on its left; the first untrusted one is the client. */
         bool stop = false;

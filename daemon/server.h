@@ -3,6 +3,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <openssl/ssl.h>
 #include <uv.h>
 
 #include "err.h"
@@ -36,7 +37,9 @@ struct server_opts {
     uint64_t header_timeout_ms, idle_timeout_ms;
     unsigned max_connections;
     unsigned max_requests_per_connection;
-    const struct cidr_list *trusted; /* whose X-Forwarded-For is believed */
+    const struct cidr_list *trusted; /* whose X-Forwarded-For / PROXY header is believed */
+    bool proxy_protocol;       /* public listener: trusted peers send a PROXY header first */
+    SSL_CTX *tls_ctx;          /* public listener speaks TLS when set (a reference is taken) */
     request_handler public_handler, admin_handler;
     refused_handler public_refused; /* may be NULL */
     void *ctx;
@@ -54,6 +57,8 @@ void server_drain(struct server *srv, void (*cb)(void *), void *arg);
 void server_close(struct server *srv, void (*cb)(void *), void *arg);
 /* Replaces the trusted proxy list (SIGHUP); the caller keeps it alive. */
 void server_set_trusted(struct server *srv, const struct cidr_list *trusted);
+/* Replaces the TLS context for new connections (SIGHUP certificate reload). */
+void server_set_tls_ctx(struct server *srv, SSL_CTX *ctx);
 /* Open connections, all listeners. */
 unsigned server_open_connections(const struct server *srv);
 
