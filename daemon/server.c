@@ -498,7 +498,7 @@ static void after_response(struct conn *c)
     c->note_outcome = NULL;
     c->note_tx = NULL;
     c->nreq++;
-    if (c->close_after || srv->draining || c->nreq >= srv->opts.max_requests_per_connection) {
+    if (c->close_after || c->nreq >= srv->opts.max_requests_per_connection) {
         conn_linger(c);
         return;
     }
@@ -517,6 +517,10 @@ static void after_response(struct conn *c)
     if (c->tls && tls_has_input(c->tls) && c->len < BUF_SIZE && !tls_pull(c)) return;
     if (c->len == 0) {
         conn_buf_release(c); /* idle connections hold no buffer */
+        if (srv->draining) {
+            conn_close(c);
+            return;
+        }
         tl_add(c, TL_IDLE);
     } else {
         tl_add(c, TL_HEAD);
@@ -572,7 +576,11 @@ void conn_respond(struct conn *c, int status, const char *ctype, const char *ext
         if (c->handle_closed) conn_free(c);
         return;
     }
-    if (close || !c->hp.req.keep_alive || c->hp.req.upgrade || c->lis->srv->draining ||
+    /* While draining, requests already pipelined behind this one are still
+     * answered (they were sent before the stop); the last answer closes. */
+    bool more_buffered = c->len > c->hp.req.total_len;
+    if (close || !c->hp.req.keep_alive || c->hp.req.upgrade ||
+        (c->lis->srv->draining && !more_buffered) ||
         c->nreq + 1 >= c->lis->srv->opts.max_requests_per_connection)
         c->close_after = true;
     http_date_update();
