@@ -363,6 +363,22 @@ class Daemon:
             self.proc.kill()
             self.proc.wait()
 
+    @property
+    def pid(self):
+        return self.proc.pid if self.proc else None
+
+    def rss_kb(self):
+        """The daemon's resident set (VmRSS of /proc/PID/status) in KiB, or
+        None once it has exited."""
+        try:
+            with open(f"/proc/{self.proc.pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        return int(line.split()[1])
+        except (OSError, AttributeError):
+            return None
+        return None
+
     def logs(self):
         try:
             with open(self.log_path, "rb") as f:
@@ -465,6 +481,35 @@ def raw_http(port, data, timeout=5.0, read_until_close=True, host="127.0.0.1"):
         s.close()
 
 
+def raise_nofile(want=None):
+    """Raises this process's soft open-file limit to the hard limit (or to
+    want, when lower); returns the new soft limit."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if want is None or hard == resource.RLIM_INFINITY else min(want, hard)
+    if want is not None and hard == resource.RLIM_INFINITY:
+        target = want
+    if target > soft or soft == resource.RLIM_INFINITY:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def register_bulk(pg, n, prefix="tx", salt="SeCrEt-bulk", start=0):
+    """Registers n transactions with one SQL INSERT, as the admin API would
+    (status initiated, origin registered, only the SHA-256 of the token):
+    transaction `{prefix}{i}`, token `{salt}-{i}` (salt must be at least 8
+    characters of [A-Za-z0-9-], so that every token is a valid one). Returns
+    [(transaction id, token)]."""
+    check(re.fullmatch(r"[A-Za-z0-9-]{8,200}", salt), f"salt {salt!r}")
+    check(re.fullmatch(r"[A-Za-z0-9_-]{1,100}", prefix), f"prefix {prefix!r}")
+    pg.psql("INSERT INTO idv.transactions (transaction_id, merchant_biz_id,"
+            " callback_token_sha256, status, origin, expires_at)"
+            f" SELECT '{prefix}' || i, 'b' || i,"
+            f" sha256(convert_to('{salt}-' || i, 'UTF8')), 'initiated', 'registered',"
+            f" now() + interval '30 minutes' FROM generate_series({start}, {start + n - 1}) i")
+    return [(f"{prefix}{i}", f"{salt}-{i}") for i in range(start, start + n)]
+
+
 def parse_responses(data):
     """Splits a byte stream of HTTP/1.1 responses (Content-Length framed) into
     a list of (status, headers dict lower-case, body)."""
@@ -527,6 +572,7 @@ class Ctx:
         self.tmp = tmp
         self.daemons = []
         self.clusters = []
+        self.cleanups = []  # callables run after the daemons are gone
 
     def pg(self, name="pg", schema=True, **kw):
         c = PgCluster(self.tmp, name, **kw).initdb()
@@ -547,6 +593,11 @@ class Ctx:
         for d in self.daemons:
             try:
                 d.kill()
+            except Exception:
+                pass
+        for f in self.cleanups:
+            try:
+                f()
             except Exception:
                 pass
         for c in self.clusters:
