@@ -1,0 +1,314 @@
+#!/usr/bin/env python3
+"""Confirmation with CheckResult, the durable work queue, the sweeper and the
+hand-off to business workflows, against the fake Alibaba API."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+
+HERE = os.path.dirname(__file__)
+sys.path.insert(0, os.path.join(HERE, "..", "lib"))
+sys.path.insert(0, HERE)
+import idvtest  # noqa: E402
+from idvtest import check, check_eq, wait_until  # noqa: E402
+from test_initialize import alibaba, body, init  # noqa: E402
+
+FAST = dict(confirm_poll_ms=100, sweep_interval_ms=200, confirm_grace_ms=0,
+            confirm_backoff_ms=100, confirm_backoff_max_ms=400, confirm_max_attempts=4)
+
+
+def start(ctx, **cfg):
+    c = dict(FAST)
+    c.update(cfg)
+    return alibaba(ctx, **c)
+
+
+def new_tx(s, biz):
+    st, b, _ = init(s.d, body(biz=biz))
+    check_eq(st, 201, f"initialize {biz}: {b}")
+    return b["transactionId"]
+
+
+def status_of(pg, tx):
+    return pg.rows("SELECT status, passed, sub_code, confirmed, review_required, disagreement"
+                   f" FROM idv.transaction_status WHERE transaction_id = '{tx}'")[0]
+
+
+def wait_status(pg, tx, status, timeout=30):
+    wait_until(lambda: status_of(pg, tx)[0] == status, timeout, what=f"{tx} to be {status}")
+
+
+def case_confirm_path(ctx):
+    """An accepted callback becomes callback_received, CheckResult confirms it:
+    passed with confirmed = true, every Ext* field stored as jsonb; the status
+    events are ordered and announced."""
+    s = start(ctx)
+    tx = new_tx(s, "conf1")
+    s.fake.set_result(tx, "Y", "200", ExtFaceInfo={"faceAttack": "N", "score": 97.5},
+                      ExtInfo="not json at all")
+    res = s.fake.deliver_callback(tx, scheme="http")
+    check_eq(json.loads(res["body"]), {"result": "accepted"}, "callback")
+    wait_status(s.pg, tx, "passed")
+    check_eq(status_of(s.pg, tx), ["passed", "Y", "200", "t", "f", "f"], "confirmed row")
+    cr = s.pg.rows("SELECT passed, sub_code, ext_face_info->>'faceAttack',"
+                   " (ext_face_info->>'score')::float, ext_info, jsonb_typeof(ext_basic_info),"
+                   f" request_id IS NOT NULL FROM idv.check_results WHERE transaction_id = '{tx}'")
+    check_eq(cr, [["Y", "200", "N", "97.5", '"not json at all"', "object", "t"]], "check_results")
+    ev = s.pg.psql("SELECT string_agg(status, ',' ORDER BY id) FROM idv.transaction_events"
+                   f" WHERE tx = (SELECT id FROM idv.transactions WHERE transaction_id = '{tx}')")
+    check_eq(ev, "initializing,initiated,callback_received,passed", "status events in order")
+    calls = [r for r in s.fake.requests("CheckResult") if r["params"]["TransactionId"] == tx]
+    check_eq(len(calls), 1, "one CheckResult")
+    check(calls[0]["signatureVerified"], "CheckResult signed")
+    check_eq(calls[0]["params"]["MerchantBizId"], "conf1", "stored MerchantBizId used")
+    m = s.d.metrics()
+    check_eq(idvtest.metric_value(m, "idv_confirmations_total"), 1.0, "confirmations metric")
+
+
+def case_disagreement(ctx):
+    """CheckResult disagrees with the callback: CheckResult wins, the
+    disagreement is kept on the row and counted."""
+    s = start(ctx)
+    tx = new_tx(s, "dis1")
+    s.fake.set_result(tx, "N", "205")
+    res = s.fake.deliver_callback(tx, passed="Y", sub_code="200", scheme="http")
+    check_eq(json.loads(res["body"]), {"result": "accepted"}, "callback")
+    wait_status(s.pg, tx, "not_passed")
+    row = status_of(s.pg, tx)
+    check_eq(row, ["not_passed", "N", "205", "t", "f", "t"], "CheckResult wins, disagreement kept")
+    check_eq(s.pg.psql("SELECT callback_passed || callback_sub_code FROM idv.transactions"
+                       f" WHERE transaction_id = '{tx}'"), "Y200", "callback result kept")
+    check_eq(idvtest.metric_value(s.d.metrics(), "idv_confirmation_disagreements_total"), 1.0,
+             "metric")
+
+
+def case_throttling_then_success(ctx):
+    """Throttling.Api twice, then a result: retried with back-off, confirmed
+    once, retries counted."""
+    s = start(ctx)
+    tx = new_tx(s, "thr1")
+    s.fake.set_result(tx, "Y", "200")
+    s.fake.queue("CheckResult", "error", count=2, status=403, code="Throttling.Api")
+    s.fake.deliver_callback(tx, scheme="http")
+    wait_status(s.pg, tx, "passed")
+    check_eq(s.fake.calls("CheckResult"), 3, "two throttled calls and one answer")
+    check_eq(idvtest.metric_value(s.d.metrics(), "idv_confirmation_retries_total"), 2.0,
+             "retries metric")
+    q = s.pg.rows("SELECT attempts, outcome, last_error LIKE '%Throttling.Api%' FROM idv.work_queue")
+    check_eq(q, [["3", "confirmed", "t"]], "work item")
+
+
+def case_outage_then_recovery(ctx):
+    """Alibaba unreachable (5xx, resets), then back: the item waits, is retried
+    and confirmed; none is lost."""
+    s = start(ctx, confirm_max_attempts=10)
+    tx = new_tx(s, "out1")
+    s.fake.set_result(tx, "N", "205")
+    s.fake.queue("CheckResult", "error", count=2, status=500, code="InternalError")
+    s.fake.queue("CheckResult", "reset", count=1)
+    s.fake.queue("CheckResult", "garbage", count=1)
+    s.fake.deliver_callback(tx, scheme="http")
+    wait_status(s.pg, tx, "not_passed")
+    check_eq(s.fake.calls("CheckResult"), 5, "four failures and the answer")
+    check_eq(status_of(s.pg, tx)[3], "t", "confirmed")
+
+
+def case_give_up_stays_visible(ctx):
+    """Past confirm_max_attempts the item is given up, stays in the queue with
+    its last error, and is counted."""
+    s = start(ctx, confirm_max_attempts=3)
+    tx = new_tx(s, "giv1")
+    s.fake.queue("CheckResult", "error", count=10, status=500, code="InternalError")
+    s.fake.deliver_callback(tx, passed="Y", sub_code="200", scheme="http")
+    wait_until(lambda: s.pg.psql("SELECT gave_up FROM idv.work_queue") == "t", 30,
+               what="give-up")
+    row = s.pg.rows("SELECT attempts, done_at IS NULL, last_error LIKE '%InternalError%'"
+                    " FROM idv.work_queue")
+    check_eq(row, [["3", "t", "t"]], "given-up item")
+    check_eq(status_of(s.pg, tx)[0], "callback_received", "status stays unconfirmed")
+    check_eq(idvtest.metric_value(s.d.metrics(), "idv_confirmation_giveups_total"), 1.0, "metric")
+
+
+def case_sigkill_with_items_queued(ctx):
+    """The daemon is killed with SIGKILL while confirmations are queued and in
+    flight; after a restart every item is done exactly once."""
+    n = 12
+    s = start(ctx, alibaba_timeout_ms=1000, alibaba_qps=4)
+    txs = [new_tx(s, f"kil{i}") for i in range(n)]
+    for tx in txs:
+        s.fake.set_result(tx, "Y", "200")
+    s.fake.queue("CheckResult", "delay", count=n, ms=300)
+    for tx in txs:
+        check_eq(json.loads(s.fake.deliver_callback(tx, scheme="http")["body"]),
+                 {"result": "accepted"}, "callback")
+    wait_until(lambda: s.fake.calls("CheckResult") >= 2, 30, what="some CheckResult calls")
+    s.d.proc.send_signal(signal.SIGKILL)
+    s.d.proc.wait()
+    done_before = int(s.pg.psql("SELECT count(*) FROM idv.work_queue WHERE done_at IS NOT NULL"))
+    s.d.start()
+    wait_until(lambda: s.pg.psql("SELECT count(*) FROM idv.work_queue WHERE done_at IS NULL")
+               == "0", 60, what="every item done after the restart")
+    rows = s.pg.rows("SELECT transaction_id, count(*) FROM idv.check_results GROUP BY 1")
+    check_eq(len(rows), n, "a result per transaction")
+    check(all(r[1] == "1" for r in rows), f"each recorded once: {rows}")
+    check_eq(s.pg.psql("SELECT count(*) FROM idv.work_queue"), str(n), "one item per transaction")
+    check_eq(s.pg.psql("SELECT count(*) FROM idv.transactions WHERE status = 'passed'"
+                       " AND confirmed"), str(n), "all confirmed")
+    print(f"items: {n}; done before the kill: {done_before}; CheckResult calls:"
+          f" {s.fake.calls('CheckResult')}; results recorded: {len(rows)}; lost: 0")
+
+
+def case_two_instances_share_the_queue(ctx):
+    """Two instances on one database: every item is called once (no item is
+    claimed by both)."""
+    n = 20
+    s = start(ctx, alibaba_qps=20)
+    d2 = ctx.daemon(s.pg, name="idv2", start=False, **FAST, alibaba_qps=20)
+    d2.cfg.update({k: v for k, v in s.d.cfg.items()
+                   if k.startswith(("alibaba", "public_base")) and k != "alibaba_qps"})
+    d2.start()
+    txs = [new_tx(s, f"two{i}") for i in range(n)]
+    for tx in txs:
+        s.fake.set_result(tx, "N", "205")
+    s.fake.queue("CheckResult", "delay", count=n, ms=200)
+    for i, tx in enumerate(txs):
+        s.fake.deliver_callback(tx, scheme="http")
+    wait_until(lambda: s.pg.psql("SELECT count(*) FROM idv.work_queue WHERE done_at IS NULL")
+               == "0", 60, what="all items done")
+    per_tx = {}
+    for r in s.fake.requests("CheckResult"):
+        per_tx[r["params"]["TransactionId"]] = per_tx.get(r["params"]["TransactionId"], 0) + 1
+    check_eq(sorted(per_tx), sorted(txs), "every transaction checked")
+    check(all(v == 1 for v in per_tx.values()), f"called twice: {per_tx}")
+    by = dict(s.pg.rows("SELECT done_by, count(*) FROM idv.work_queue GROUP BY 1"))
+    print(f"items done per instance: {by}")
+
+
+def case_sweeper_finds_completed_and_expired(ctx):
+    """Transactions still initiated past expires_at + grace are checked: one
+    that completed at Alibaba (its callback never came) is recorded as if it
+    had; one that never completed becomes expired."""
+    s = start(ctx)
+    done_tx = new_tx(s, "swp1")
+    never_tx = new_tx(s, "swp2")
+    s.fake.set_result(done_tx, "Y", "200")
+    s.pg.psql("UPDATE idv.transactions SET expires_at = now() - interval '1 second'"
+              f" WHERE transaction_id IN ('{done_tx}', '{never_tx}')")
+    wait_status(s.pg, done_tx, "passed")
+    wait_status(s.pg, never_tx, "expired")
+    check_eq(status_of(s.pg, done_tx), ["passed", "Y", "200", "t", "f", "f"], "recorded")
+    kinds = s.pg.rows("SELECT transaction_id, kind, outcome FROM idv.work_queue ORDER BY id")
+    check_eq(sorted(kinds), sorted([[done_tx, "sweep", "confirmed"], [never_tx, "sweep",
+                                                                      "expired"]]), "items")
+    # A callback arriving late for the confirmed one: accepted (first callback)
+    # but the confirmed result stays.
+    res = s.fake.deliver_callback(done_tx, passed="N", sub_code="205", scheme="http")
+    check_eq(json.loads(res["body"]), {"result": "accepted"}, "late callback")
+    check_eq(status_of(s.pg, done_tx)[:3], ["passed", "Y", "200"], "confirmed result kept")
+
+
+def case_sweeper_without_credentials(ctx):
+    """Without credentials nobody can ask Alibaba: past expires_at + grace a
+    registered transaction becomes expired; rows left initializing by a crash
+    are marked initialize_failed."""
+    pg = ctx.pg()
+    d = ctx.daemon(pg, **FAST)
+    check_eq(d.register("reg1", "biz1", "reg-token-0123456789abc")[0], 201, "register")
+    pg.psql("UPDATE idv.transactions SET expires_at = now() - interval '1 second'"
+            " WHERE transaction_id = 'reg1'")
+    pg.psql("INSERT INTO idv.transactions (merchant_biz_id, callback_token_sha256, status, origin,"
+            " initiated_at) VALUES ('crash1', sha256('x'), 'initializing', 'initialized',"
+            " now() - interval '1 hour')")
+    wait_status(pg, "reg1", "expired")
+    wait_until(lambda: pg.psql("SELECT status || '/' || upstream_code FROM idv.transactions"
+                               " WHERE merchant_biz_id = 'crash1'")
+               == "initialize_failed/Abandoned", 30, what="abandoned row failed")
+
+
+def case_subcode_unknown_means_review(ctx):
+    """Passed=Y with a SubCode the table does not know is never a pass: status
+    not_passed with review_required; known codes map through the table."""
+    s = start(ctx)
+    a = new_tx(s, "sc1")
+    b = new_tx(s, "sc2")
+    s.fake.set_result(a, "Y", "999")
+    s.fake.set_result(b, "N", "204")
+    s.fake.deliver_callback(a, scheme="http")
+    s.fake.deliver_callback(b, scheme="http")
+    wait_status(s.pg, a, "not_passed")
+    wait_status(s.pg, b, "not_passed")
+    check_eq(status_of(s.pg, a)[4], "t", "unknown code needs review")
+    check_eq(status_of(s.pg, b)[4], "f", "known failure is not a review")
+    meaning = s.pg.psql("SELECT meaning FROM idv.sub_codes WHERE sub_code = '205'")
+    check_eq(meaning, "liveness attack suspected", "SubCode meanings are data")
+
+
+def case_subcode_without_credentials(ctx):
+    """The callback is final without credentials, and the same table applies."""
+    pg = ctx.pg()
+    d = ctx.daemon(pg)
+    d.register("nc1", "biz1", "nc-token-0123456789abcd")
+    st, b, _, _ = d.callback("nc1", "Y", "777", "nc-token-0123456789abcd")
+    check_eq(b, {"result": "accepted"}, "callback")
+    check_eq(status_of(pg, "nc1")[:5], ["not_passed", "Y", "777", "f", "t"], "review, unconfirmed")
+
+
+def case_consumer_cannot_miss_events(ctx):
+    """The README's consumer: LISTEN, then catch up with idv.events_after from
+    its last (xid, id); every status change is seen once, in order, across a
+    reconnect."""
+    pg = ctx.pg()
+    d = ctx.daemon(pg)
+    pg.psql("CREATE ROLE consumer LOGIN IN ROLE idv_reader")
+    seen = []
+    pos = ("0", "0")
+
+    def catch_up():
+        nonlocal pos
+        rows = pg.rows(f"SELECT xid, id, transaction_id, status FROM idv.events_after("
+                       f"'{pos[0]}'::xid8, {pos[1]})", user="consumer")
+        for r in rows:
+            seen.append((r[2], r[3]))
+            pos = (r[0], r[1])
+        return len(rows)
+
+    for i in range(5):
+        d.register(f"ev{i}", "biz1", f"ev-token-{i}-0123456789ab")
+    catch_up()
+    # "Disconnected" meanwhile: more changes happen.
+    for i in range(5):
+        d.callback(f"ev{i}", "Y", "200", f"ev-token-{i}-0123456789ab")
+    # Listen for the NOTIFY of the next change, then catch up again.
+    listener = subprocess.Popen(
+        ["psql", "-X", "-h", pg.sock, "-p", str(pg.port), "-U", "consumer", "-d", "postgres",
+         "-c", "LISTEN idv_transaction_status", "-c", "SELECT pg_sleep(3)"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    import time
+    time.sleep(1)
+    d.register("ev9", "biz1", "ev-token-9-0123456789ab")
+    out = listener.communicate(timeout=30)[0]
+    check("idv_transaction_status" in out and '"transactionId" : "ev9"' in out.replace(
+        '"transactionId": "ev9"', '"transactionId" : "ev9"'), f"NOTIFY received: {out}")
+    catch_up()
+    want = [(f"ev{i}", "initiated") for i in range(5)] + [(f"ev{i}", "passed") for i in range(5)] \
+        + [("ev9", "initiated")]
+    check_eq(seen, want, "every event once, in order")
+    check_eq(catch_up(), 0, "nothing more")
+
+
+def case_queue_metrics(ctx):
+    """Queue depth and the oldest item's age are exported."""
+    s = start(ctx)
+    tx = new_tx(s, "met1")
+    s.fake.queue("CheckResult", "error", count=100, status=500, code="InternalError")
+    s.fake.deliver_callback(tx, passed="Y", sub_code="200", scheme="http")
+    wait_until(lambda: idvtest.metric_value(s.d.metrics(), "idv_work_queue_depth") == 1.0, 30,
+               what="depth 1 in metrics")
+    check(idvtest.metric_value(s.d.metrics(), "idv_work_queue_oldest_seconds") is not None,
+          "oldest age exported")
+
+
+if __name__ == "__main__":
+    sys.exit(idvtest.main(globals()))
