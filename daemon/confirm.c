@@ -253,8 +253,11 @@ static void claim_done(struct pg_query *q, PGresult *res, int err)
 {
     struct confirm *cf = q->data;
     cf->claiming = false;
-    if (err || !res) {
+    if (err || !res || cf->closing) {
+        /* Closing: what was claimed is left to its lease (any instance
+         * retries it), and the struct may go now. */
         if (res) PQclear(res);
+        if (cf->closing) confirm_maybe_free(cf);
         return;
     }
     int n = PQntuples(res);
@@ -310,6 +313,11 @@ static void sweep_done(struct pg_query *q, PGresult *res, int err)
 {
     struct confirm *cf = q->data;
     cf->sweeping = false;
+    if (cf->closing) {
+        if (res) PQclear(res);
+        confirm_maybe_free(cf);
+        return;
+    }
     if (!err && res && PQntuples(res) == 1 && strcmp(PQgetvalue(res, 0, 0), "0") != 0) {
         log_kv(LOGL_INFO, "sweeper touched transactions", "COUNT", PQgetvalue(res, 0, 0), NULL);
         claim(cf);
@@ -344,6 +352,7 @@ static void stats_done(struct pg_query *q, PGresult *res, int err)
         cf->st.given_up = strtol(PQgetvalue(res, 0, 2), NULL, 10);
     }
     if (res) PQclear(res);
+    if (cf->closing) confirm_maybe_free(cf);
 }
 
 static void on_stats(uv_timer_t *t)
@@ -401,10 +410,14 @@ void confirm_get_stats(const struct confirm *cf, struct confirm_stats *st)
     st->inflight = cf->inflight;
 }
 
-/* The struct goes once its timers are closed and its last item is done. */
+/* The struct goes once its timers are closed, its last item is done and no
+ * query of its own (claim, sweep, stats) is still queued or in flight: the
+ * pool answers those when it closes, after confirm_close() returned. */
 static void confirm_maybe_free(struct confirm *cf)
 {
-    if (cf->open_handles > 0 || cf->inflight > 0) return;
+    if (cf->open_handles > 0 || cf->inflight > 0 || cf->claiming || cf->sweeping ||
+        cf->querying_stats)
+        return;
     free(cf->instance);
     free(cf);
 }

@@ -358,6 +358,17 @@ class Daemon:
             self.proc.wait()
             raise TestFailure("daemon did not stop in time")
 
+    def stop_clean(self):
+        """SIGTERM; checks that the daemon exits 0 (under the sanitizers: no
+        leak) and that no sanitizer report is in its log."""
+        rc = self.stop()
+        log = self.logs()
+        for mark in ("runtime error:", "AddressSanitizer", "LeakSanitizer"):
+            at = log.find(mark)
+            check(at < 0, f"{self.cfg.get('instance_name')}: '{mark}' in the log:\n"
+                  f"{log[max(0, at - 2000):][:6000]}")
+        check_eq(rc, 0, f"exit status of {self.cfg.get('instance_name')}")
+
     def kill(self):
         if self.proc and self.proc.poll() is None:
             self.proc.kill()
