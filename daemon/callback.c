@@ -50,27 +50,12 @@ static void job_done(struct cb_job *job, enum cb_outcome o)
     free(r);
 }
 
-static void handle_callback(struct app *app, struct conn *c, const struct http_request *req,
-                            const char *base)
+/* Records a well-formed callback; it is answered when its commit is known. */
+static void submit_callback(struct app *app, struct conn *c, const struct http_request *req,
+                            const char *base, const struct cb_params *p)
 {
-    if (req->method != HTTP_GET && req->method != HTTP_HEAD) {
-        app_error(c, 405, "MethodNotAllowed", "use GET or HEAD", NULL, "Allow: GET, HEAD\r\n");
-        return;
-    }
-    struct cb_params p;
-    enum cb_verdict v = req->has_query ? cb_query_parse(base + req->query.off, req->query.len, &p)
-                                       : cb_query_parse("", 0, &p);
-    if (v == CB_PROBE) {
-        answer(c, CBO_OK, NULL);
-        return;
-    }
     char ip[IPADDR_STRLEN];
     conn_client_ip(c, req, base, ip, sizeof ip);
-    if (v == CB_MALFORMED) {
-        store_audit_malformed(app->store, &p, ip, p.reason);
-        answer(c, CBO_MALFORMED, p.tx_ok ? p.transaction_id : NULL);
-        return;
-    }
     struct cb_req *r = calloc(1, sizeof *r);
     if (!r) {
         answer(c, CBO_UNAVAILABLE, NULL);
@@ -78,41 +63,82 @@ static void handle_callback(struct app *app, struct conn *c, const struct http_r
     }
     r->c = c;
     r->app = app;
-    memcpy(r->job.transaction_id, p.transaction_id, sizeof p.transaction_id);
-    memcpy(r->job.sub_code, p.sub_code, sizeof p.sub_code);
-    r->job.passed = p.passed;
-    crypto_hex(p.token_sha256, SHA256_LEN, r->job.token_hex);
+    memcpy(r->job.transaction_id, p->transaction_id, sizeof p->transaction_id);
+    memcpy(r->job.sub_code, p->sub_code, sizeof p->sub_code);
+    r->job.passed = p->passed;
+    crypto_hex(p->token_sha256, SHA256_LEN, r->job.token_hex);
     memcpy(r->job.client_ip, ip, sizeof ip);
     r->job.done = job_done;
     r->job.data = r;
     store_submit_callback(app->store, &r->job);
 }
 
-/* True for callback_path and anything below it. */
-static bool on_callback_path(const struct app *app, const struct http_request *req,
-                             const char *base)
+/* Answers a malformed callback, after queueing its audit row (never the token). */
+static void answer_malformed(struct app *app, struct conn *c, const struct http_request *req,
+                             const char *base, const struct cb_params *p, const char *reason)
+{
+    char ip[IPADDR_STRLEN];
+    conn_client_ip(c, req, base, ip, sizeof ip);
+    store_audit_malformed(app->store, p, ip, reason);
+    answer(c, CBO_MALFORMED, p->tx_ok ? p->transaction_id : NULL);
+}
+
+static enum cb_verdict parse_query(const struct http_request *req, const char *base,
+                                   struct cb_params *p)
+{
+    return req->has_query ? cb_query_parse(base + req->query.off, req->query.len, p)
+                          : cb_query_parse("", 0, p);
+}
+
+enum cb_decision callback_decide(const char *callback_path, size_t path_len,
+                                 const struct http_request *req, const char *base, bool refused,
+                                 struct cb_params *p)
 {
     const char *path = base + req->path.off;
-    size_t n = app->callback_path_len;
-    return req->path.len >= n && memcmp(path, app->cfg->callback_path, n) == 0 &&
-           (req->path.len == n || path[n] == '/');
+    /* callback_path and anything below it. */
+    bool callback = req->path.len >= path_len && memcmp(path, callback_path, path_len) == 0 &&
+                    (req->path.len == path_len || path[path_len] == '/');
+    bool get_or_head = req->method == HTTP_GET || req->method == HTTP_HEAD;
+    if (refused) {
+        /* The status table answers a callback carrying a body "malformed", and
+         * every callback that reaches the daemon leaves an audit row: keep what
+         * the query says, whatever it says. */
+        if (!callback || !get_or_head) return CBD_REFUSED;
+        (void)parse_query(req, base, p);
+        return CBD_MALFORMED;
+    }
+    if (callback) {
+        if (!get_or_head) return CBD_NOT_ALLOWED;
+        switch (parse_query(req, base, p)) {
+        case CB_PROBE: return CBD_PROBE;
+        case CB_VALID: return CBD_CALLBACK;
+        case CB_MALFORMED: return CBD_MALFORMED;
+        }
+        return CBD_MALFORMED;
+    }
+    bool healthz = app_path_is(req, base, "/healthz");
+    if (!healthz && !app_path_is(req, base, "/readyz")) return CBD_NOT_FOUND;
+    if (!get_or_head) return CBD_NOT_ALLOWED;
+    return healthz ? CBD_HEALTHZ : CBD_READYZ;
 }
 
 void callback_public_handle(void *ctx, struct conn *c, const struct http_request *req,
                             const char *base)
 {
     struct app *app = ctx;
-    if (on_callback_path(app, req, base)) {
-        handle_callback(app, c, req, base);
+    const char *cb_path = app->cfg->callback_path;
+    struct cb_params p;
+    switch (callback_decide(cb_path, app->callback_path_len, req, base, false, &p)) {
+    case CBD_PROBE: answer(c, CBO_OK, NULL); return;
+    case CBD_CALLBACK: submit_callback(app, c, req, base, &p); return;
+    case CBD_MALFORMED: answer_malformed(app, c, req, base, &p, p.reason); return;
+    case CBD_HEALTHZ: app_health(app, c, req, false); return;
+    case CBD_READYZ: app_health(app, c, req, true); return;
+    case CBD_NOT_ALLOWED:
+        app_error(c, 405, "MethodNotAllowed", "use GET or HEAD", NULL, "Allow: GET, HEAD\r\n");
         return;
-    }
-    if (app_path_is(req, base, "/healthz")) {
-        app_health(app, c, req, false);
-        return;
-    }
-    if (app_path_is(req, base, "/readyz")) {
-        app_health(app, c, req, true);
-        return;
+    case CBD_NOT_FOUND:
+    case CBD_REFUSED: break;
     }
     app_error(c, 404, "NotFound", "no such path", NULL, NULL);
 }
@@ -121,17 +147,10 @@ bool callback_public_refused(void *ctx, struct conn *c, const struct http_reques
                              const char *base, const char *reason)
 {
     struct app *app = ctx;
-    if (!on_callback_path(app, req, base) || (req->method != HTTP_GET && req->method != HTTP_HEAD))
-        return false;
-    /* The status table answers a callback carrying a body "malformed", and
-     * every callback that reaches the daemon leaves an audit row: keep what
-     * the query says (never the token), with the parser's reason. */
     struct cb_params p;
-    (void)(req->has_query ? cb_query_parse(base + req->query.off, req->query.len, &p)
-                          : cb_query_parse("", 0, &p));
-    char ip[IPADDR_STRLEN];
-    conn_client_ip(c, req, base, ip, sizeof ip);
-    store_audit_malformed(app->store, &p, ip, reason);
-    answer(c, CBO_MALFORMED, p.tx_ok ? p.transaction_id : NULL);
+    if (callback_decide(app->cfg->callback_path, app->callback_path_len, req, base, true, &p) !=
+        CBD_MALFORMED)
+        return false;
+    answer_malformed(app, c, req, base, &p, reason);
     return true;
 }

@@ -60,6 +60,8 @@ struct http_parser {
     uint32_t fed;            /* bytes already given to llhttp */
     uint16_t fields;
     uint8_t cur_header;      /* which header the current value belongs to */
+    bool conn_close;         /* Connection lists "close" */
+    bool conn_keep_alive;    /* Connection lists "keep-alive" */
     bool head_done;
     bool in_request;
     int error_status;        /* set by callbacks */

@@ -29,23 +29,24 @@ static bool parse_port(const char *s, size_t n, uint16_t *out)
 static enum proxy_result parse_v1(const uint8_t *buf, size_t len, struct proxy_info *out,
                                   size_t *consumed, const char **reason)
 {
-    const uint8_t *cr = memchr(buf, '\r', len < PROXY_V1_MAX ? len : PROXY_V1_MAX);
+    /* At most PROXY_V1_MAX bytes with the CRLF: the CR is among the first
+     * PROXY_V1_MAX - 1. */
+    size_t window = len < PROXY_V1_MAX - 1 ? len : PROXY_V1_MAX - 1;
+    const uint8_t *cr = memchr(buf, '\r', window);
+    size_t n = cr ? (size_t)(cr - buf) : window;
+    /* Bytes are judged as they arrive, so that a bad start is refused at once
+     * whatever follows, and a line waiting for its LF is a valid one. */
+    for (size_t i = 0; i < n; i++)
+        if (buf[i] < 0x20 || buf[i] > 0x7e) return fail(reason, "PROXY v1 line malformed");
     if (!cr) {
-        if (len >= PROXY_V1_MAX) return fail(reason, "PROXY v1 line too long");
-        for (size_t i = 0; i < len; i++)
-            if (buf[i] == '\n' || buf[i] < 0x20 || buf[i] > 0x7e)
-                return fail(reason, "PROXY v1 line malformed");
+        if (len >= PROXY_V1_MAX - 1) return fail(reason, "PROXY v1 line too long");
         return PROXY_NEED_MORE;
     }
-    size_t n = (size_t)(cr - buf);
     if (n + 1 >= len) return PROXY_NEED_MORE;
     if (cr[1] != '\n') return fail(reason, "PROXY v1 line not ended by CRLF");
     char line[PROXY_V1_MAX];
     memcpy(line, buf, n);
     line[n] = '\0';
-    for (size_t i = 0; i < n; i++)
-        if ((unsigned char)line[i] < 0x20 || (unsigned char)line[i] > 0x7e)
-            return fail(reason, "PROXY v1 line malformed");
     *consumed = n + 2;
     if (!strcmp(line, "PROXY UNKNOWN") || !strncmp(line, "PROXY UNKNOWN ", 14)) {
         out->has_addr = false;
@@ -64,15 +65,19 @@ static enum proxy_result parse_v1(const uint8_t *buf, size_t len, struct proxy_i
         if (!sp) break;
         p = sp + 1;
     }
-    if (nf != 6 || p + fl[5] != line + n || fl[0] != 5 || memcmp(f[0], "PROXY", 5) != 0)
+    if (nf != 6 || f[5] + fl[5] != line + n || fl[0] != 5 || memcmp(f[0], "PROXY", 5) != 0)
         return fail(reason, "PROXY v1 line malformed");
     bool v4 = fl[1] == 4 && !memcmp(f[1], "TCP4", 4);
     bool v6 = fl[1] == 4 && !memcmp(f[1], "TCP6", 4);
     if (!v4 && !v6) return fail(reason, "PROXY v1 protocol not TCP4/TCP6");
+    /* The family is the one the address is written in: TCP6 may carry a
+     * v4-mapped address ("::ffff:192.0.2.7"), which is stored as IPv4 like the
+     * same address in a v2 header. */
     struct ipaddr dst;
     uint16_t dport;
+    bool src_v6 = memchr(f[2], ':', fl[2]) != NULL, dst_v6 = memchr(f[3], ':', fl[3]) != NULL;
     if (ipaddr_parse(f[2], fl[2], &out->src) != 0 || ipaddr_parse(f[3], fl[3], &dst) != 0 ||
-        out->src.v4 != v4 || dst.v4 != v4 || !parse_port(f[4], fl[4], &out->src_port) ||
+        src_v6 != v6 || dst_v6 != v6 || !parse_port(f[4], fl[4], &out->src_port) ||
         !parse_port(f[5], fl[5], &dport))
         return fail(reason, "PROXY v1 address malformed");
     out->has_addr = true;

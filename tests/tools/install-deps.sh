@@ -7,6 +7,8 @@ set -euo pipefail
 PACKAGES=(
   # build
   build-essential cmake pkg-config clang
+  # libFuzzer and clang's sanitizer runtimes (only a Recommends of clang)
+  libclang-rt-14-dev
   # libraries (see CMakeLists.txt: configure names the package when one is missing)
   libuv1-dev libssl-dev libpq-dev libcurl4-openssl-dev libjansson-dev libsystemd-dev
   node-llhttp
