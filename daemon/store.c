@@ -11,6 +11,10 @@
 #define STORE_MAX_PENDING 20000
 #define STORE_AUDIT_MAX_PENDING 10000
 #define STORE_AUDIT_BATCH_MAX 512
+/* A callback batch in flight for longer than this (waiting on a lock, a
+ * stalled server) stops holding one of the store's batch slots, so that it
+ * cannot hold up every other callback until its deadline. */
+#define STORE_SLOW_BATCH_MS 250
 
 const struct pg_stmt store_statements[] = {
     {"record_callbacks",
@@ -51,6 +55,8 @@ struct store {
     struct audit_row *ahead, *atail;
     size_t apending;
     bool audit_inflight; /* one audit batch at a time (see on_pool_idle) */
+    struct batch *inflight;    /* callback batches sent and not answered */
+    unsigned max_batches;      /* how many young ones may be in flight at once */
     uv_check_t check; /* end of each loop turn: send what the turn gathered */
     uv_timer_t tick;  /* deadlines of callbacks still waiting for a connection */
     int open_handles;
@@ -62,6 +68,7 @@ struct store {
 struct batch {
     struct pg_query q;
     struct store *st;
+    struct batch *prev, *next; /* store's list of callback batches in flight */
     uint64_t sent_at;
     size_t n;
     bool audit;
@@ -143,6 +150,11 @@ static void batch_done(struct pg_query *q, PGresult *res, int err)
         batch_free(b);
         return;
     }
+    if (b->prev)
+        b->prev->next = b->next;
+    else
+        st->inflight = b->next;
+    if (b->next) b->next->prev = b->prev;
     double secs = (double)(uv_now(st->loop) - b->sent_at) / 1000.0;
     if (err == 0 && res && PQntuples(res) == (int)b->n) {
         histogram_observe(&g_metrics.commit_seconds, secs);
@@ -223,6 +235,9 @@ static void submit_jobs(struct store *st, struct cb_job **jobs, size_t n)
     b->st = st;
     b->n = n;
     b->sent_at = uv_now(st->loop);
+    b->next = st->inflight;
+    if (b->next) b->next->prev = b;
+    st->inflight = b;
     b->q.stmt = "record_callbacks";
     b->q.nparams = 7;
     b->q.values = b->values;
@@ -282,15 +297,36 @@ static void submit_audit(struct store *st)
     pg_pool_submit(st->pool, &b->q);
 }
 
+/* Callback batches in flight that still hold a slot. */
+static unsigned young_batches(const struct store *st)
+{
+    uint64_t now = uv_now(st->loop);
+    unsigned n = 0;
+    for (const struct batch *b = st->inflight; b; b = b->next)
+        if (now - b->sent_at < STORE_SLOW_BATCH_MS) n++;
+    return n;
+}
+
 /* The pool has an idle connection and nothing queued: give it the callbacks
- * gathered so far as one transaction, or else the waiting audit rows. Audit
- * rows go one batch at a time: a flood of malformed requests then holds at most
- * one connection, the others stay free for callbacks that wait on a commit,
- * and the rows get their ids in the order the requests arrived. */
+ * gathered so far as one transaction, or else the waiting audit rows.
+ *
+ * Callback batches get max_batches slots, not the whole pool: under load the
+ * callbacks that arrive while the slots are busy wait for the next commit and
+ * leave together. Fewer, larger transactions is what group commit is for: each
+ * transaction has a fixed cost in PostgreSQL (statement start-up, commit,
+ * WAL flush) and backends beyond the server's cores only compete for them. On
+ * two cores, eight batches at once gave less than half the throughput of two
+ * (see README, Performance). A slot is released when its batch is answered, or
+ * after STORE_SLOW_BATCH_MS, so a batch stuck on a lock does not stop the rest.
+ * Light load is not delayed: a callback finds a free slot and goes at once.
+ *
+ * Audit rows go one batch at a time: a flood of malformed requests then holds
+ * at most one connection, the others stay free for callbacks that wait on a
+ * commit, and the rows get their ids in the order the requests arrived. */
 static void on_pool_idle(void *arg)
 {
     struct store *st = arg;
-    if (st->head) {
+    if (st->head && young_batches(st) < st->max_batches) {
         struct cb_job *jobs[STORE_BATCH_MAX];
         size_t n = 0;
         while (st->head && n < STORE_BATCH_MAX) {
@@ -360,6 +396,13 @@ int store_new(struct store **out, uv_loop_t *loop, struct pg_pool *pool, const c
     uv_timer_start(&st->tick, tick_cb, t, t);
     uv_unref((uv_handle_t *)&st->tick);
     st->open_handles = 2;
+    /* A quarter of the pool, at least two (one slot may be held by a slow
+     * batch), never more than the pool. */
+    struct pg_pool_stats ps;
+    pg_pool_get_stats(pool, &ps);
+    unsigned size = (unsigned)(ps.ready + ps.connecting + ps.down);
+    st->max_batches = size / 4 > 2 ? size / 4 : 2;
+    if (st->max_batches > size) st->max_batches = size ? size : 1;
     pg_pool_on_idle(pool, on_pool_idle, st);
     *out = st;
     return 0;

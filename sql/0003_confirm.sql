@@ -86,78 +86,123 @@ CREATE UNIQUE INDEX work_queue_open_tx ON idv.work_queue (tx) WHERE done_at IS N
 CREATE INDEX work_queue_ready ON idv.work_queue (not_before)
     WHERE done_at IS NULL AND NOT gave_up;
 
--- An accepted callback, with credentials, queues its confirmation in the same
--- transaction. The callback result is also kept on the row, for disagreements.
+-- Records a batch of valid callbacks in one transaction (group commit). An
+-- accepted callback makes the status final (p_final: no CheckResult follows)
+-- or callback_received, and then, with credentials, queues its confirmation in
+-- the same transaction; the callback's result is also kept on the row, for
+-- disagreements.
+--
+-- Set-based: two statements per batch (three when a status did not move),
+-- whatever its size, instead of several per callback. Each statement's fixed
+-- cost (executor start-up, the table's CHECK constraints prepared again, the
+-- planning of result_status) was most of the work of a callback (see README,
+-- Performance). The outcome
+-- of every element is what handling them one by one in (transaction_id,
+-- ordinal) order gives:
+--  * rejected: no transaction has this token, or it belongs to another id;
+--  * accepted: the first valid element of a transaction, when its row went
+--    into idv.callback_results (the primary key decides, across instances);
+--  * duplicate / conflict: any other valid element, compared with the result
+--    recorded (by this batch, or committed by another transaction before).
+-- Locks are taken in transaction_id order (the callback_results inserts), and
+-- the transactions rows updated are those whose result this batch inserted,
+-- so concurrent batches cannot deadlock on each other.
 CREATE OR REPLACE FUNCTION idv.record_callbacks(p_tx text[], p_token_hex text[],
                                                 p_passed text[], p_sub text[], p_ip text[],
                                                 p_instance text, p_final boolean)
 RETURNS TABLE (ord integer, outcome text)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+-- Custom plans would be made for every call (a small array looks cheaper than
+-- the generic estimate), and planning cost more than running: the generic
+-- plans (index lookups per element) suit every batch size up to 256.
+SET plan_cache_mode = force_generic_plan
+AS $$
 DECLARE
-    r      record;
-    v_t    record;
-    v_prev record;
-    v_n    integer;
-    v_res  record;
+    v_valid  boolean[];  -- by ordinal: the token belongs to the transaction named
+    v_new_tx text[];     -- results this batch recorded
+    v_new_pa text[];
+    v_new_sc text[];
+    v_n      integer;    -- transactions whose status moved
 BEGIN
-    FOR r IN
-        SELECT u.tx, decode(u.dg, 'hex') AS dg, u.pa, u.sc, nullif(u.ip, '')::inet AS ip,
-               u.n::integer AS n
-        FROM unnest(p_tx, p_token_hex, p_passed, p_sub, p_ip)
-             WITH ORDINALITY AS u (tx, dg, pa, sc, ip, n)
+    -- One statement: which elements are valid; the first valid element of
+    -- each transaction tries to record its result; the transactions whose
+    -- result was recorded move on. The status moves only from initiated or
+    -- expired: a result confirmed already (by the sweeper) is never
+    -- overwritten. With p_final, status and review_required are what
+    -- idv.result_status() gives, written out here (a SQL function in a query
+    -- is planned again on every call, which cost as much as the rest of an
+    -- element); without, the status becomes callback_received and the
+    -- confirmation is queued (an open sweep item of the transaction does the
+    -- same CheckResult: it becomes the confirmation).
+    WITH u AS (
+        SELECT x.tx, x.pa, x.sc, x.n, t.transaction_id IS NOT NULL AS valid
+        FROM unnest(p_tx, p_token_hex, p_passed, p_sub) WITH ORDINALITY AS x (tx, dg, pa, sc, n)
+        LEFT JOIN idv.transactions t
+               ON t.callback_token_sha256 = decode(x.dg, 'hex') AND t.transaction_id = x.tx),
+    ins AS (
+        INSERT INTO idv.callback_results (transaction_id, passed, sub_code, instance)
+        SELECT DISTINCT ON (u.tx) u.tx, u.pa, u.sc, p_instance
+        FROM u WHERE u.valid
         ORDER BY u.tx, u.n
-    LOOP
-        SELECT t.id, t.transaction_id, t.merchant_biz_id INTO v_t
-        FROM idv.transactions t WHERE t.callback_token_sha256 = r.dg;
-        IF NOT FOUND OR v_t.transaction_id IS DISTINCT FROM r.tx THEN
-            outcome := 'rejected';
-        ELSE
-            INSERT INTO idv.callback_results (transaction_id, passed, sub_code, instance)
-            VALUES (r.tx, r.pa, r.sc, p_instance)
-            ON CONFLICT (transaction_id) DO NOTHING;
-            GET DIAGNOSTICS v_n = ROW_COUNT;
-            IF v_n = 1 THEN
-                outcome := 'accepted';
-                -- The status moves only from initiated or expired: a result
-                -- confirmed already (by the sweeper) is never overwritten.
-                IF p_final THEN
-                    SELECT * INTO v_res FROM idv.result_status(r.pa, r.sc);
-                    UPDATE idv.transactions
-                    SET status = v_res.status, review_required = v_res.review_required,
-                        passed = r.pa, sub_code = r.sc, confirmed = false,
-                        callback_passed = r.pa, callback_sub_code = r.sc,
-                        completed_at = coalesce(completed_at, now()), updated_at = now()
-                    WHERE id = v_t.id AND status IN ('initiated', 'expired');
-                ELSE
-                    UPDATE idv.transactions
-                    SET status = 'callback_received', passed = r.pa, sub_code = r.sc,
-                        callback_passed = r.pa, callback_sub_code = r.sc,
-                        completed_at = coalesce(completed_at, now()), updated_at = now()
-                    WHERE id = v_t.id AND status IN ('initiated', 'expired');
-                    GET DIAGNOSTICS v_n = ROW_COUNT;
-                    IF v_n = 1 THEN
-                        -- An open sweep item of this transaction does the same
-                        -- CheckResult: it becomes the confirmation.
-                        INSERT INTO idv.work_queue (kind, tx, transaction_id, merchant_biz_id)
-                        VALUES ('confirm', v_t.id, v_t.transaction_id, v_t.merchant_biz_id)
-                        ON CONFLICT (tx) WHERE done_at IS NULL DO NOTHING;
-                    END IF;
-                END IF;
-                UPDATE idv.transactions SET callback_passed = r.pa, callback_sub_code = r.sc
-                WHERE id = v_t.id AND callback_passed IS NULL;
-            ELSE
-                SELECT c.passed, c.sub_code INTO v_prev
-                FROM idv.callback_results c WHERE c.transaction_id = r.tx;
-                outcome := CASE WHEN v_prev.passed = r.pa AND v_prev.sub_code = r.sc
-                                THEN 'duplicate' ELSE 'conflict' END;
-            END IF;
-        END IF;
+        ON CONFLICT (transaction_id) DO NOTHING
+        RETURNING transaction_id, passed, sub_code),
+    upd AS (
+        UPDATE idv.transactions t
+        SET status = CASE WHEN NOT p_final THEN 'callback_received'
+                          WHEN ins.passed = 'Y' AND v.verdict = 'pass' THEN 'passed'
+                          ELSE 'not_passed' END,
+            review_required = CASE WHEN p_final
+                                   THEN coalesce(v.verdict, 'review') = 'review'
+                                        OR (ins.passed = 'Y' AND v.verdict = 'fail')
+                                   ELSE t.review_required END,
+            confirmed = CASE WHEN p_final THEN false ELSE t.confirmed END,
+            passed = ins.passed, sub_code = ins.sub_code,
+            callback_passed = ins.passed, callback_sub_code = ins.sub_code,
+            completed_at = coalesce(t.completed_at, now()), updated_at = now()
+        FROM ins LEFT JOIN idv.sub_codes v ON v.sub_code = ins.sub_code
+        WHERE t.transaction_id = ins.transaction_id AND t.status IN ('initiated', 'expired')
+        RETURNING t.id, t.transaction_id, t.merchant_biz_id),
+    wq AS (
+        INSERT INTO idv.work_queue (kind, tx, transaction_id, merchant_biz_id)
+        SELECT 'confirm', upd.id, upd.transaction_id, upd.merchant_biz_id
+        FROM upd WHERE NOT p_final
+        ORDER BY upd.transaction_id
+        ON CONFLICT (tx) WHERE done_at IS NULL DO NOTHING)
+    SELECT a.valid, i.tx, i.pa, i.sc, (SELECT count(*)::integer FROM upd)
+    INTO v_valid, v_new_tx, v_new_pa, v_new_sc, v_n
+    FROM (SELECT array_agg(u.valid ORDER BY u.n) AS valid FROM u) a,
+         (SELECT array_agg(ins.transaction_id) AS tx, array_agg(ins.passed) AS pa,
+                 array_agg(ins.sub_code) AS sc FROM ins) i;
+
+    -- Rows whose status did not move still keep the callback's result.
+    IF v_n < coalesce(cardinality(v_new_tx), 0) THEN
+        UPDATE idv.transactions t
+        SET callback_passed = a.pa, callback_sub_code = a.sc
+        FROM unnest(v_new_tx, v_new_pa, v_new_sc) AS a (tx, pa, sc)
+        WHERE t.transaction_id = a.tx AND t.callback_passed IS NULL;
+    END IF;
+
+    -- Outcomes, and one audit row per element in (transaction_id, ordinal)
+    -- order. This statement sees the results recorded above and those other
+    -- transactions committed meanwhile (the ones an insert above yielded to).
+    RETURN QUERY
+    WITH u AS (
+        SELECT x.tx, x.pa, x.sc, nullif(x.ip, '')::inet AS ip, x.n::integer AS n,
+               v_valid[x.n] AS valid,
+               min(x.n) FILTER (WHERE v_valid[x.n]) OVER (PARTITION BY x.tx) AS first_n
+        FROM unnest(p_tx, p_passed, p_sub, p_ip) WITH ORDINALITY AS x (tx, pa, sc, ip, n)),
+    o AS (
+        SELECT u.*, CASE
+                   WHEN NOT u.valid THEN 'rejected'
+                   WHEN u.n = u.first_n AND u.tx = ANY (v_new_tx) THEN 'accepted'
+                   WHEN c.passed = u.pa AND c.sub_code = u.sc THEN 'duplicate'
+                   ELSE 'conflict' END AS outcome
+        FROM u LEFT JOIN idv.callback_results c ON u.valid AND c.transaction_id = u.tx),
+    ev AS (
         INSERT INTO idv.callback_events (outcome, transaction_id, passed, sub_code, client_ip,
                                          instance)
-        VALUES (outcome, r.tx, r.pa, r.sc, r.ip, p_instance);
-        ord := r.n;
-        RETURN NEXT;
-    END LOOP;
+        SELECT o.outcome, o.tx, o.pa, o.sc, o.ip, p_instance FROM o ORDER BY o.tx, o.n)
+    SELECT o.n, o.outcome FROM o;
 END
 $$;
 
