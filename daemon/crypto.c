@@ -8,7 +8,13 @@
 
 void crypto_sha256(const void *data, size_t len, uint8_t out[SHA256_LEN])
 {
-    SHA256(data, len, out);
+    /* OpenSSL 3's one-shot SHA256() looks the algorithm up on every call;
+     * fetch it once (the event loop is the only thread that hashes). */
+    static EVP_MD *md;
+    if (!md) md = EVP_MD_fetch(NULL, "SHA256", NULL);
+    unsigned int n = 0;
+    if (!md || EVP_Digest(data, len, out, &n, md, NULL) != 1 || n != SHA256_LEN)
+        SHA256(data, len, out);
 }
 
 void crypto_hex(const uint8_t *in, size_t len, char *out)

@@ -695,9 +695,12 @@ static void conn_process(struct conn *c)
         /* A complete request. */
         c->state = CS_HANDLING;
         c->started = uv_hrtime();
-        conn_read_stop(c);
         tl_remove(c);
         c->lis->handler(srv->opts.ctx, c, &c->hp.req, c->buf);
+        /* Reading stops only when the answer is not complete yet (waiting on
+         * PostgreSQL, or a write that did not finish): a request answered at
+         * once costs no epoll_ctl round trip. */
+        if (c->state == CS_HANDLING || c->state == CS_WRITING) conn_read_stop(c);
     }
     c->processing = false;
     if (c->state == CS_READING) conn_read_start(c);

@@ -334,13 +334,13 @@ BEGIN
         INSERT INTO idv.work_queue (kind, tx, transaction_id, merchant_biz_id)
         SELECT 'sweep', t.id, t.transaction_id, t.merchant_biz_id
         FROM idv.transactions t
-        WHERE t.status = 'initiated' AND t.expires_at + p_grace < now()
+        WHERE t.status = 'initiated' AND t.expires_at < now() - p_grace
           AND NOT EXISTS (SELECT 1 FROM idv.work_queue q WHERE q.tx = t.id)
         ON CONFLICT (tx) WHERE done_at IS NULL DO NOTHING;
     ELSE
         UPDATE idv.transactions
         SET status = 'expired', updated_at = now()
-        WHERE status = 'initiated' AND expires_at + p_grace < now();
+        WHERE status = 'initiated' AND expires_at < now() - p_grace;
     END IF;
     GET DIAGNOSTICS k = ROW_COUNT;
     RETURN n + k;
