@@ -312,7 +312,7 @@ static bool qps_allows(struct outbound *ob, uint64_t now, uint64_t *wait_ms)
     if (ob->nstarts < (size_t)ob->opts.qps) return true;
     uint64_t oldest = ob->starts[ob->istart];
     if (now >= oldest + 1000) return true;
-    *wait_ms = oldest + 1000 - now;
+    *wait_ms = oldest + 1000 - now + 1;
     return false;
 }
 
@@ -331,7 +331,9 @@ static void on_qps_timer(uv_timer_t *t);
 
 static void pump(struct outbound *ob)
 {
-    uint64_t now = uv_now(ob->loop), wait = 0;
+    /* The real time, not the loop's cached one: a start recorded early would
+     * let the next one through early. */
+    uint64_t now = uv_hrtime() / 1000000, wait = 0;
     while (ob->qhead && !ob->closing) {
         if (!qps_allows(ob, now, &wait)) {
             if (!uv_is_active((uv_handle_t *)&ob->qps_timer))

@@ -329,9 +329,11 @@ def case_qps_bound(ctx):
     check_eq(len(times), 6, "calls")
     gaps = [times[i + 2] - times[i] for i in range(len(times) - 2)]
     print("arrival gaps over two calls:", [round(g, 3) for g in gaps])
-    # Two calls per second at most: the third after the first is a second on
-    # (the fake's clock and the daemon's may differ by a few milliseconds).
-    check(all(g >= 0.95 for g in gaps), f"more than 2 calls in a second: {gaps}")
+    # Two call starts per second at most. The fake logs arrivals, which trail
+    # the starts by the connection set-up (a TLS handshake for a new
+    # connection, none for a reused one), hence the 0.2 s allowance.
+    check(all(g >= 0.8 for g in gaps), f"more than 2 calls in a second: {gaps}")
+    check(times[-1] - times[0] >= 1.8, f"six calls in under two seconds: {times}")
 
 
 def case_public_base_url_must_be_https(ctx):
