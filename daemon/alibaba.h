@@ -5,6 +5,7 @@
 
 #include "crypto.h"
 #include "err.h"
+#include "strbuf.h"
 
 /* Alibaba Cloud ID Verification (Cloudauth-intl 2022-08-09): request signing
  * (ACS3-HMAC-SHA256), the Initialize parameter rules of the seed, and the
@@ -17,16 +18,6 @@ struct kv {
     const char *k;
     const char *v;
 };
-
-/* A growable string. */
-struct strbuf {
-    char *p;
-    size_t len, cap;
-    bool oom;
-};
-void strbuf_add(struct strbuf *b, const char *s, size_t n);
-void strbuf_adds(struct strbuf *b, const char *s);
-void strbuf_free(struct strbuf *b);
 
 /* Appends s percent-encoded per RFC 3986 as Alibaba's V3 signature wants it:
  * A-Z a-z 0-9 - _ . ~ kept, every other byte %XX (upper-case hex), so a space

@@ -6,6 +6,7 @@
 #include <time.h>
 
 #include "log.h"
+#include "strbuf.h"
 
 #define STORE_BATCH_MAX 256
 #define STORE_MAX_PENDING 20000
@@ -81,44 +82,19 @@ struct batch {
     } u;
 };
 
-/* A growable string for array literals. */
-struct lit {
-    char *p;
-    size_t len, cap;
-    bool oom;
-};
-
-static void lit_add(struct lit *l, const char *s, size_t n)
-{
-    if (l->oom) return;
-    if (l->len + n + 1 > l->cap) {
-        size_t cap = (l->cap ? l->cap * 2 : 256) + n;
-        char *p = realloc(l->p, cap);
-        if (!p) {
-            l->oom = true;
-            return;
-        }
-        l->p = p;
-        l->cap = cap;
-    }
-    memcpy(l->p + l->len, s, n);
-    l->len += n;
-    l->p[l->len] = '\0';
-}
-
 /* Appends one element of a text[] literal. Every element is double-quoted so
  * that a value such as NULL is never read as SQL NULL; the values come from
  * character sets without quotes or backslashes. A NULL pointer is SQL NULL. */
-static void lit_elem(struct lit *l, const char *v, bool first)
+static void lit_elem(struct strbuf *l, const char *v, bool first)
 {
-    if (!first) lit_add(l, ",", 1);
+    if (!first) strbuf_add(l, ",", 1);
     if (!v) {
-        lit_add(l, "NULL", 4);
+        strbuf_add(l, "NULL", 4);
         return;
     }
-    lit_add(l, "\"", 1);
-    lit_add(l, v, strlen(v));
-    lit_add(l, "\"", 1);
+    strbuf_add(l, "\"", 1);
+    strbuf_add(l, v, strlen(v));
+    strbuf_add(l, "\"", 1);
 }
 
 static void batch_free(struct batch *b)
@@ -199,12 +175,12 @@ static void batch_done(struct pg_query *q, PGresult *res, int err)
 static void submit_jobs(struct store *st, struct cb_job **jobs, size_t n)
 {
     struct batch *b = calloc(1, sizeof *b);
-    struct lit l[5] = {{0}};
+    struct strbuf l[5] = {{0}};
     if (!b) {
         jobs_fail(jobs, n, CBO_UNAVAILABLE);
         return;
     }
-    for (int k = 0; k < 5; k++) lit_add(&l[k], "{", 1);
+    for (int k = 0; k < 5; k++) strbuf_add(&l[k], "{", 1);
     uint64_t deadline = UINT64_MAX;
     for (size_t i = 0; i < n; i++) {
         struct cb_job *j = jobs[i];
@@ -219,7 +195,7 @@ static void submit_jobs(struct store *st, struct cb_job **jobs, size_t n)
     }
     bool oom = false;
     for (int k = 0; k < 5; k++) {
-        lit_add(&l[k], "}", 1);
+        strbuf_add(&l[k], "}", 1);
         oom |= l[k].oom;
         b->arrays[k] = l[k].p;
         b->values[k] = l[k].p;
@@ -251,8 +227,8 @@ static void submit_audit(struct store *st)
 {
     struct batch *b = calloc(1, sizeof *b);
     if (!b) return;
-    struct lit l[7] = {{0}};
-    for (int k = 0; k < 7; k++) lit_add(&l[k], "{", 1);
+    struct strbuf l[7] = {{0}};
+    for (int k = 0; k < 7; k++) strbuf_add(&l[k], "{", 1);
     size_t n = 0;
     while (st->ahead && n < STORE_AUDIT_BATCH_MAX) {
         struct audit_row *r = st->ahead;
@@ -271,7 +247,7 @@ static void submit_audit(struct store *st)
     if (!st->ahead) st->atail = NULL;
     bool oom = false;
     for (int k = 0; k < 7; k++) {
-        lit_add(&l[k], "}", 1);
+        strbuf_add(&l[k], "}", 1);
         oom |= l[k].oom;
         b->arrays[k] = l[k].p;
     }
