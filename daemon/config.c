@@ -14,6 +14,7 @@
 #include <openssl/crypto.h>
 
 #include "log.h"
+#include "pg.h"
 
 enum key_type { KT_STR, KT_INT, KT_BOOL, KT_LOGFMT, KT_LOGLVL };
 
@@ -310,7 +311,17 @@ static int validate(struct config *cfg, bool required, const char *base_dir, cha
             PQfreemem(perr);
             return IDV_ECONFIG;
         }
+        const char *v[3] = {getenv("PGHOST"), getenv("PGHOSTADDR"), getenv("PGPORT")};
+        for (PQconninfoOption *x = o; x->keyword; x++) {
+            if (!x->val) continue;
+            if (!strcmp(x->keyword, "host")) v[0] = x->val;
+            if (!strcmp(x->keyword, "hostaddr")) v[1] = x->val;
+            if (!strcmp(x->keyword, "port")) v[2] = x->val;
+        }
+        const char *problem = pg_conninfo_hosts_problem(v[0], v[1], v[2]);
+        if (problem) set_err(err, errlen, "database_url: %s", problem);
         PQconninfoFree(o);
+        if (problem) return IDV_ECONFIG;
     }
     if (cfg->public_base_url) {
         size_t n = strlen(cfg->public_base_url);

@@ -8,7 +8,6 @@
 #include "log.h"
 
 #define PG_MAX_INFLIGHT 512
-#define PG_MAX_HOSTS 8
 #define PG_BACKOFF_MIN_MS 100
 #define PG_BACKOFF_MAX_MS 5000
 
@@ -46,7 +45,17 @@ struct pg_conn {
     bool gai_active;
     int resolving;    /* index of the host being resolved */
     char hostaddr[PG_MAX_HOSTS][INET6_ADDRSTRLEN];
-    unsigned rotate;  /* hosts list rotation, advanced after a failed attempt */
+    bool addr_ok[PG_MAX_HOSTS]; /* false: the name did not resolve this time */
+    /* The entry of the host list where the next attempt starts. It moves past
+     * a host that failed the attempt (deadline, standby, read-only), so that
+     * the next attempt does not wait on that host first. */
+    size_t start;
+    size_t order[PG_MAX_HOSTS]; /* entries handed to libpq by this attempt, in order */
+    size_t norder;
+    /* libpq's strings for the entry being tried: when PQconnectPoll moves on
+     * to another host they change, and the connect deadline starts again. */
+    const char *cur_host, *cur_port;
+    bool doomed;      /* on a read-only server: dropped once the current read ends */
     uint64_t backoff_ms;
     bool announced_down;
     struct pg_unit ring[PG_MAX_INFLIGHT];
@@ -58,11 +67,17 @@ struct pg_pool {
     struct pg_pool_opts opts;
     char **kw, **val; /* parsed connection options (NULL-terminated) */
     size_t nkw;
+    /* The host list, split: host, hostaddr and port are parallel lists of
+     * nentries entries (port may also be one for all), rotated together. */
     char *hosts[PG_MAX_HOSTS];
     size_t nhosts;
-    bool resolve; /* false when hostaddr is given */
+    char *addrs[PG_MAX_HOSTS]; /* hostaddr as given */
+    size_t naddrs;
     char *ports[PG_MAX_HOSTS];
     size_t nports;
+    size_t nentries;
+    bool resolve;         /* no hostaddr given: host names are resolved here */
+    uint64_t connect_ms;  /* deadline of one host's connect, and of the setup */
     struct pg_conn *conns;
     struct pg_query *qhead, *qtail;
     size_t queued;
@@ -73,8 +88,8 @@ struct pg_pool {
     void *close_arg;
     void (*idle_cb)(void *);
     void *idle_arg;
-    uint64_t reconnects, failures, timeouts, lost;
-    char host[128];
+    uint64_t reconnects, failures, timeouts, lost, failovers;
+    char host[160]; /* host:port of the primary the last connection came up on */
     char timeout_str[24];
 };
 
@@ -82,6 +97,8 @@ static void conn_connect(struct pg_conn *c);
 static void conn_lost(struct pg_conn *c, const char *why);
 static void pool_dispatch(struct pg_pool *pool);
 static void conn_poll_set(struct pg_conn *c, int events);
+static void conn_arm_deadline(struct pg_conn *c);
+static void conn_track_host(struct pg_conn *c);
 
 const char *pg_sqlstate(const PGresult *res)
 {
@@ -122,6 +139,7 @@ static void pool_unref(struct pg_pool *pool)
         free(pool->kw);
         free(pool->val);
         for (size_t i = 0; i < pool->nhosts; i++) free(pool->hosts[i]);
+        for (size_t i = 0; i < pool->naddrs; i++) free(pool->addrs[i]);
         for (size_t i = 0; i < pool->nports; i++) free(pool->ports[i]);
         free(pool->conns);
         free(pool);
@@ -172,7 +190,9 @@ static void conn_down(struct pg_conn *c, const char *why)
         c->pq = NULL;
     }
     uv_timer_stop(&c->timer);
-    set_state(c, PGC_DOWN);
+    if (c->state != PGC_DOWN) set_state(c, PGC_DOWN);
+    c->doomed = false;
+    c->cur_host = c->cur_port = NULL;
     if (pool->closing) return;
     if (was_ready || !c->announced_down) {
         char idx[12];
@@ -180,6 +200,11 @@ static void conn_down(struct pg_conn *c, const char *why)
         log_kv(was_ready ? LOGL_WARN : LOGL_INFO, "PostgreSQL connection down", "DB_CONN", idx,
                "REASON", why, NULL);
         c->announced_down = true;
+    } else {
+        char idx[12];
+        snprintf(idx, sizeof idx, "%d", c->idx);
+        log_kv(LOGL_DEBUG, "PostgreSQL connection attempt failed", "DB_CONN", idx, "REASON", why,
+               NULL);
     }
     pool->failures++;
     c->backoff_ms = c->backoff_ms ? c->backoff_ms * 2 : PG_BACKOFF_MIN_MS;
@@ -241,6 +266,56 @@ static bool ring_push(struct pg_conn *c, struct pg_query *q, uint8_t kind)
     return true;
 }
 
+/* ---- the host list -------------------------------------------------------- */
+
+/* The port of entry k as written in the connection string (NULL when none is
+ * given: libpq's default). */
+static const char *entry_port(const struct pg_pool *pool, size_t k)
+{
+    if (pool->nports == pool->nentries) return pool->ports[k];
+    if (pool->nports == 1) return pool->ports[0];
+    return NULL;
+}
+
+/* The entry libpq is on now (connecting, or connected), or -1. libpq has no
+ * call for its host index: PQhost() gives the host as written (or the hostaddr
+ * when no host is given) and PQport() the port, which identify the entry. */
+static int conn_current_entry(const struct pg_conn *c)
+{
+    const struct pg_pool *pool = c->pool;
+    const char *h = c->pq ? PQhost(c->pq) : NULL, *p = c->pq ? PQport(c->pq) : NULL;
+    if (!h) return -1;
+    for (size_t i = 0; i < c->norder; i++) {
+        size_t k = c->order[i];
+        const char *eh = pool->nhosts ? pool->hosts[k] : pool->addrs[k];
+        const char *ep = entry_port(pool, k);
+        if (strcmp(h, eh) != 0) continue;
+        if (ep && *ep && (!p || strcmp(p, ep) != 0)) continue;
+        return (int)k;
+    }
+    return -1;
+}
+
+/* The next attempt starts at the host after the one this connection is on (or
+ * was trying): that host hung, is a standby, or is read-only. */
+static void conn_skip_current(struct pg_conn *c)
+{
+    size_t n = c->pool->nentries;
+    if (n < 2) return;
+    int k = conn_current_entry(c);
+    c->start = k >= 0 ? ((size_t)k + 1) % n : (c->start + 1) % n;
+}
+
+/* "host:port" of the connection (IPv6 addresses in brackets). */
+static void conn_host_port(const struct pg_conn *c, char *out, size_t size)
+{
+    const char *h = PQhost(c->pq), *p = PQport(c->pq);
+    if (!h) h = "";
+    if (!p || !*p) p = "5432";
+    bool v6 = strchr(h, ':') && h[0] != '/' && h[0] != '@';
+    snprintf(out, size, v6 ? "[%s]:%s" : "%s:%s", h, p);
+}
+
 /* ---- connection setup: session settings, schema version, statements ---- */
 
 static void setup_send_session(struct pg_conn *c)
@@ -249,7 +324,9 @@ static void setup_send_session(struct pg_conn *c)
     if (!PQsendQueryParams(c->pq,
                            "SELECT set_config('synchronous_commit', 'on', false),"
                            " set_config('statement_timeout', $1, false),"
-                           " to_regclass('idv.schema_migrations') IS NOT NULL",
+                           " to_regclass('idv.schema_migrations') IS NOT NULL,"
+                           " pg_is_in_recovery(),"
+                           " current_setting('transaction_read_only') = 'on'",
                            1, NULL, params, NULL, NULL, 0) ||
         !PQpipelineSync(c->pq) || !ring_push(c, NULL, U_SESSION)) {
         conn_lost(c, PQerrorMessage(c->pq));
@@ -270,8 +347,20 @@ static void setup_step(struct pg_conn *c, uint8_t kind, PGresult *res, int err)
     }
     switch (kind) {
     case U_SESSION: {
-        bool has_table = res && PQntuples(res) == 1 && PQgetvalue(res, 0, 2)[0] == 't';
+        bool one = res && PQntuples(res) == 1 && PQnfields(res) == 5;
+        bool has_table = one && PQgetvalue(res, 0, 2)[0] == 't';
+        bool standby = one && PQgetvalue(res, 0, 3)[0] == 't';
+        bool read_only = one && PQgetvalue(res, 0, 4)[0] == 't';
         PQclear(res);
+        /* target_session_attrs=read-write makes libpq skip such a server, but
+         * the connection string may not say so: the daemon only writes, so a
+         * standby is never a place to stay, whatever the string says. */
+        if (standby || read_only) {
+            conn_skip_current(c);
+            conn_lost(c, standby ? "the server is a standby (in recovery), not the primary"
+                                 : "the session is read-only (default_transaction_read_only)");
+            return;
+        }
         if (!has_table) {
             conn_lost(c, "schema idv is not migrated (run: idv-callbackd migrate)");
             return;
@@ -307,21 +396,40 @@ static void setup_step(struct pg_conn *c, uint8_t kind, PGresult *res, int err)
         conn_flush(c);
         return;
     }
-    case U_PREPARE:
+    case U_PREPARE: {
         if (res) PQclear(res);
+        uv_timer_stop(&c->timer);
         set_state(c, PGC_READY);
         c->backoff_ms = 0;
         c->announced_down = false;
-        snprintf(pool->host, sizeof pool->host, "%s", PQhost(c->pq) ? PQhost(c->pq) : "");
-        {
-            char idx[12], port[16];
-            snprintf(idx, sizeof idx, "%d", c->idx);
-            snprintf(port, sizeof port, "%s", PQport(c->pq) ? PQport(c->pq) : "");
-            log_kv(LOGL_INFO, "PostgreSQL connection ready", "DB_CONN", idx, "DB_HOST",
-                   pool->host, "DB_PORT", port, NULL);
+        char hp[sizeof pool->host], idx[12];
+        conn_host_port(c, hp, sizeof hp);
+        snprintf(idx, sizeof idx, "%d", c->idx);
+        log_kv(LOGL_INFO, "PostgreSQL connection ready", "DB_CONN", idx, "DB_HOST", hp, NULL);
+        if (pool->host[0] && strcmp(pool->host, hp) != 0) {
+            /* Every connection to the old primary is gone or going (a primary
+             * that failed does not come back writable on its own), so the
+             * first connection up elsewhere marks the switch. */
+            pool->failovers++;
+            log_kv(LOGL_WARN, "PostgreSQL primary changed", "DB_OLD_HOST", pool->host,
+                   "DB_HOST", hp, "DB_CONN", idx, NULL);
+            if (pool->opts.on_primary_change)
+                pool->opts.on_primary_change(pool->opts.primary_arg, pool->host, hp);
+        }
+        snprintf(pool->host, sizeof pool->host, "%s", hp);
+        /* The database is reachable again: connections waiting out their
+         * back-off (up to PG_BACKOFF_MAX_MS after a long outage or a
+         * failover) try now instead, so that the pool is whole soon after the
+         * first connection is. */
+        for (int i = 0; i < pool->opts.size; i++) {
+            struct pg_conn *o = &pool->conns[i];
+            if (o == c || o->state != PGC_DOWN || o->backoff_ms <= PG_BACKOFF_MIN_MS) continue;
+            o->backoff_ms = 0;
+            uv_timer_start(&o->timer, conn_retry_cb, jitter(PG_BACKOFF_MIN_MS), 0);
         }
         pool_dispatch(pool);
         return;
+    }
     }
 }
 
@@ -366,10 +474,17 @@ static void conn_read(struct pg_conn *c)
         if (st == PGRES_PIPELINE_SYNC) {
             PQclear(r);
             unit_complete(c);
+            /* Units behind this one were sent to a read-only server too: they
+             * are failed with the connection rather than answered one by one. */
+            if (c->doomed) break;
             continue;
         }
         bool is_err = st == PGRES_FATAL_ERROR || st == PGRES_PIPELINE_ABORTED ||
                       st == PGRES_BAD_RESPONSE;
+        /* 25006 read_only_sql_transaction: this server is no longer (or never
+         * was) the primary. The unit gets the error (it did not commit), and the
+         * connection goes once the unit is answered. */
+        if (st == PGRES_FATAL_ERROR && !strcmp(pg_sqlstate(r), "25006")) c->doomed = true;
         if (is_err && !u->err) {
             /* Keep the error (it has the SQLSTATE), drop an earlier success. */
             if (u->res) PQclear(u->res);
@@ -380,6 +495,11 @@ static void conn_read(struct pg_conn *c)
         } else {
             PQclear(r);
         }
+    }
+    if (c->doomed && (c->state == PGC_SETUP || c->state == PGC_READY)) {
+        conn_skip_current(c);
+        conn_lost(c, "the server is read-only (SQLSTATE 25006), not the primary");
+        return;
     }
     if (c->pq && PQstatus(c->pq) == CONNECTION_BAD) conn_lost(c, PQerrorMessage(c->pq));
 }
@@ -416,7 +536,8 @@ static int conn_poll_new(struct pg_conn *c, int events)
 
 static void conn_connected(struct pg_conn *c)
 {
-    uv_timer_stop(&c->timer);
+    /* The setup queries have the same deadline as a connect. */
+    conn_arm_deadline(c);
     if (PQsetnonblocking(c->pq, 1) != 0 || !PQenterPipelineMode(c->pq)) {
         conn_lost(c, PQerrorMessage(c->pq));
         return;
@@ -431,6 +552,7 @@ static void conn_connect_poll(struct pg_conn *c)
     switch (r) {
     case PGRES_POLLING_READING:
     case PGRES_POLLING_WRITING:
+        conn_track_host(c);
         if (conn_poll_new(c, r == PGRES_POLLING_READING ? UV_READABLE : UV_WRITABLE) != 0)
             conn_lost(c, "cannot watch the PostgreSQL socket");
         return;
@@ -442,7 +564,8 @@ static void conn_connect_poll(struct pg_conn *c)
         conn_connected(c);
         return;
     default:
-        c->rotate++;
+        /* libpq tried every host and none would do. */
+        c->start = c->pool->nentries ? (c->start + 1) % c->pool->nentries : 0;
         conn_lost(c, PQerrorMessage(c->pq));
         return;
     }
@@ -451,12 +574,15 @@ static void conn_connect_poll(struct pg_conn *c)
 static void conn_io(uv_poll_t *h, int status, int events)
 {
     struct pg_conn *c = ((struct pg_poll *)h)->c;
-    if (status < 0) {
-        conn_lost(c, uv_strerror(status));
-        return;
-    }
+    /* While connecting, an error on the socket (libuv reports POLLERR as
+     * UV_EBADF: a refused connect, for one) is libpq's to read: PQconnectPoll
+     * takes SO_ERROR and goes on to the next address or host of the list. */
     if (c->state == PGC_CONNECTING) {
         conn_connect_poll(c);
+        return;
+    }
+    if (status < 0) {
+        conn_lost(c, uv_strerror(status));
         return;
     }
     if (events & UV_WRITABLE) {
@@ -469,10 +595,38 @@ static void conn_io(uv_poll_t *h, int status, int events)
 static void connect_deadline_cb(uv_timer_t *t)
 {
     struct pg_conn *c = t->data;
-    if (c->state == PGC_CONNECTING || c->state == PGC_SETUP || c->state == PGC_RESOLVING) {
-        c->rotate++;
-        conn_lost(c, "connect deadline passed");
+    if (c->state == PGC_RESOLVING) {
+        conn_lost(c, "connect deadline passed while resolving host names");
+    } else if (c->state == PGC_CONNECTING || c->state == PGC_SETUP) {
+        /* libpq's connect_timeout works per host, but only in its blocking
+         * calls; here the pool does it: the attempt is abandoned and the next
+         * one starts at the host after the one that did not answer (a host
+         * that black-holes packets would otherwise hold every attempt). */
+        char why[256], hp[160];
+        conn_host_port(c, hp, sizeof hp);
+        snprintf(why, sizeof why, "connect deadline passed on %s", hp);
+        conn_skip_current(c);
+        conn_lost(c, why);
     }
+}
+
+/* Starts the deadline of one host's connect (or of the setup). */
+static void conn_arm_deadline(struct pg_conn *c)
+{
+    uv_timer_start(&c->timer, connect_deadline_cb, c->pool->connect_ms, 0);
+}
+
+/* Called after each PQconnectPoll that goes on: when libpq moved to the next
+ * host of the list, that host gets a full deadline of its own. PQhost() and
+ * PQport() point into libpq's per-host entries, so a new pointer is a new
+ * entry. */
+static void conn_track_host(struct pg_conn *c)
+{
+    const char *h = PQhost(c->pq), *p = PQport(c->pq);
+    if (h == c->cur_host && p == c->cur_port) return;
+    c->cur_host = h;
+    c->cur_port = p;
+    conn_arm_deadline(c);
 }
 
 static void notice_cb(void *arg, const char *message)
@@ -481,38 +635,55 @@ static void notice_cb(void *arg, const char *message)
     log_kv(LOGL_DEBUG, "PostgreSQL notice", "DB_NOTICE", message, NULL);
 }
 
-/* Starts libpq with the resolved addresses, rotated by c->rotate. */
+static void list_add(char *list, size_t size, bool first, const char *item)
+{
+    size_t len = strlen(list);
+    snprintf(list + len, size - len, "%s%s", first ? "" : ",", item);
+}
+
+/* Starts libpq on the host list rotated to begin at c->start: host, hostaddr
+ * (resolved here, or as given) and port stay parallel, so that every host
+ * keeps its own port and address whichever comes first. A TCP host whose name
+ * did not resolve is left out of this attempt: with an empty hostaddr libpq
+ * would resolve it itself, blocking the loop. target_session_attrs and every
+ * other option are passed through as written. */
 static void conn_start_pq(struct pg_conn *c)
 {
     struct pg_pool *pool = c->pool;
-    size_t n = pool->nhosts;
-    char hostlist[1024] = "", addrlist[PG_MAX_HOSTS * (INET6_ADDRSTRLEN + 1)] = "",
-         portlist[256] = "";
+    size_t n = pool->nentries;
+    bool port_list = n > 1 && pool->nports == n;
+    char hostlist[PG_MAX_HOSTS * 256] = "", addrlist[PG_MAX_HOSTS * (INET6_ADDRSTRLEN + 1)] = "",
+         portlist[PG_MAX_HOSTS * 16] = "";
+    c->norder = 0;
     for (size_t i = 0; i < n; i++) {
-        size_t k = (i + c->rotate) % n;
-        size_t hl = strlen(hostlist), al = strlen(addrlist), pl = strlen(portlist);
-        snprintf(hostlist + hl, sizeof hostlist - hl, "%s%s", i ? "," : "", pool->hosts[k]);
-        snprintf(addrlist + al, sizeof addrlist - al, "%s%s", i ? "," : "", c->hostaddr[k]);
-        if (pool->nports == n)
-            snprintf(portlist + pl, sizeof portlist - pl, "%s%s", i ? "," : "", pool->ports[k]);
+        size_t k = (i + c->start) % n;
+        if (pool->resolve && !c->addr_ok[k]) continue;
+        bool first = c->norder == 0;
+        if (pool->nhosts) list_add(hostlist, sizeof hostlist, first, pool->hosts[k]);
+        list_add(addrlist, sizeof addrlist, first, pool->resolve ? c->hostaddr[k] : pool->addrs[k]);
+        if (port_list) list_add(portlist, sizeof portlist, first, pool->ports[k]);
+        c->order[c->norder++] = k;
+    }
+    if (n && !c->norder) {
+        conn_lost(c, "no PostgreSQL host name could be resolved");
+        return;
     }
     const char *kw[64], *val[64];
     size_t m = 0;
-    for (size_t i = 0; i < pool->nkw && m < 60; i++) {
-        if (n && !strcmp(pool->kw[i], "host")) continue;
-        if (n && pool->resolve && !strcmp(pool->kw[i], "hostaddr")) continue;
-        if (n && pool->nports == n && n > 1 && !strcmp(pool->kw[i], "port")) continue;
+    for (size_t i = 0; i < pool->nkw && m < 59; i++) {
+        if (n && (!strcmp(pool->kw[i], "host") || !strcmp(pool->kw[i], "hostaddr"))) continue;
+        if (port_list && !strcmp(pool->kw[i], "port")) continue;
         kw[m] = pool->kw[i];
         val[m++] = pool->val[i];
     }
     if (n) {
-        kw[m] = "host";
-        val[m++] = hostlist;
-        if (pool->resolve) {
-            kw[m] = "hostaddr";
-            val[m++] = addrlist;
+        if (pool->nhosts) {
+            kw[m] = "host";
+            val[m++] = hostlist;
         }
-        if (pool->nports == n && n > 1) {
+        kw[m] = "hostaddr";
+        val[m++] = addrlist;
+        if (port_list) {
             kw[m] = "port";
             val[m++] = portlist;
         }
@@ -533,6 +704,7 @@ static void conn_start_pq(struct pg_conn *c)
     }
     PQsetNoticeProcessor(c->pq, notice_cb, NULL);
     set_state(c, PGC_CONNECTING);
+    conn_track_host(c);
     /* Before the first PQconnectPoll, behave as if it asked for writability. */
     if (conn_poll_new(c, UV_WRITABLE) != 0) conn_lost(c, "cannot watch the PostgreSQL socket");
 }
@@ -555,14 +727,16 @@ static void gai_cb(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
         return;
     }
     if (status != 0 || !res) {
-        /* An unresolvable host is skipped; libpq then reports it unreachable. */
-        snprintf(c->hostaddr[c->resolving], INET6_ADDRSTRLEN, "%s", "");
+        /* An unresolvable host is left out of this attempt. */
+        c->hostaddr[c->resolving][0] = '\0';
+        c->addr_ok[c->resolving] = false;
         char why[256];
         snprintf(why, sizeof why, "cannot resolve %s: %s", pool->hosts[c->resolving],
                  uv_strerror(status));
         log_kv(LOGL_WARN, "PostgreSQL host name not resolved", "REASON", why, NULL);
     } else {
-        uv_ip_name(res->ai_addr, c->hostaddr[c->resolving], INET6_ADDRSTRLEN);
+        c->addr_ok[c->resolving] = uv_ip_name(res->ai_addr, c->hostaddr[c->resolving],
+                                              INET6_ADDRSTRLEN) == 0;
         uv_freeaddrinfo(res);
     }
     c->resolving++;
@@ -577,6 +751,7 @@ static void resolve_next(struct pg_conn *c)
     while ((size_t)c->resolving < pool->nhosts) {
         const char *h = pool->hosts[c->resolving];
         unsigned char tmp[16];
+        c->addr_ok[c->resolving] = true;
         if (h[0] == '/' || h[0] == '@' || h[0] == '\0') {
             c->hostaddr[c->resolving][0] = '\0'; /* a Unix socket directory */
         } else if (inet_pton(AF_INET, h, tmp) == 1 || inet_pton(AF_INET6, h, tmp) == 1) {
@@ -590,6 +765,7 @@ static void resolve_next(struct pg_conn *c)
                 return;
             }
             c->hostaddr[c->resolving][0] = '\0';
+            c->addr_ok[c->resolving] = false;
         }
         c->resolving++;
     }
@@ -606,7 +782,7 @@ static void conn_connect(struct pg_conn *c)
         return;
     }
     pool->reconnects++;
-    uv_timer_start(&c->timer, connect_deadline_cb, pool->opts.timeout_ms < 2000 ? 2000 : pool->opts.timeout_ms, 0);
+    conn_arm_deadline(c);
     if (pool->resolve && pool->nhosts) {
         set_state(c, PGC_RESOLVING);
         c->resolving = 0;
@@ -632,7 +808,9 @@ static bool conn_send(struct pg_conn *c, struct pg_query *q)
 static struct pg_conn *pool_idle_conn(struct pg_pool *pool)
 {
     for (int i = 0; i < pool->opts.size; i++)
-        if (pool->conns[i].state == PGC_READY && pool->conns[i].count == 0) return &pool->conns[i];
+        if (pool->conns[i].state == PGC_READY && !pool->conns[i].doomed &&
+            pool->conns[i].count == 0)
+            return &pool->conns[i];
     return NULL;
 }
 
@@ -755,6 +933,24 @@ static int split_list(const char *s, char **out, size_t max, size_t *n)
     return 0;
 }
 
+static size_t list_len(const char *s)
+{
+    if (!s) return 0;
+    size_t n = 1;
+    for (; *s; s++) n += *s == ',';
+    return n;
+}
+
+const char *pg_conninfo_hosts_problem(const char *host, const char *hostaddr, const char *port)
+{
+    size_t nh = list_len(host), na = list_len(hostaddr), np = list_len(port);
+    if (nh > PG_MAX_HOSTS || na > PG_MAX_HOSTS || np > PG_MAX_HOSTS)
+        return "more than 8 hosts in the host list";
+    if (nh && na && nh != na) return "host and hostaddr lists of different lengths";
+    if (np > 1 && np != (nh ? nh : na)) return "the port list must give one port, or one per host";
+    return NULL;
+}
+
 int pg_pool_new(struct pg_pool **out, uv_loop_t *loop, const struct pg_pool_opts *opts)
 {
     struct pg_pool *pool = calloc(1, sizeof *pool);
@@ -774,7 +970,7 @@ int pg_pool_new(struct pg_pool **out, uv_loop_t *loop, const struct pg_pool_opts
     pool->val = calloc(n + 1, sizeof *pool->val);
     rc = IDV_ENOMEM;
     if (!pool->kw || !pool->val) goto fail_opts;
-    const char *host = NULL, *hostaddr = NULL, *port = NULL;
+    const char *host = NULL, *hostaddr = NULL, *port = NULL, *connect_timeout = NULL;
     for (PQconninfoOption *x = o; x->keyword; x++) {
         if (!x->val) continue;
         pool->kw[pool->nkw] = strdup(x->keyword);
@@ -784,14 +980,31 @@ int pg_pool_new(struct pg_pool **out, uv_loop_t *loop, const struct pg_pool_opts
         if (!strcmp(x->keyword, "host")) host = x->val;
         if (!strcmp(x->keyword, "hostaddr")) hostaddr = x->val;
         if (!strcmp(x->keyword, "port")) port = x->val;
+        if (!strcmp(x->keyword, "connect_timeout")) connect_timeout = x->val;
     }
+    /* libpq reads these variables for what the string leaves out; the pool
+     * rewrites the host list, so it must see them too. */
     if (!host) host = getenv("PGHOST");
+    if (!hostaddr) hostaddr = getenv("PGHOSTADDR");
     if (!port) port = getenv("PGPORT");
-    pool->resolve = hostaddr == NULL && getenv("PGHOSTADDR") == NULL;
+    if (!connect_timeout) connect_timeout = getenv("PGCONNECT_TIMEOUT");
+    rc = IDV_EINVAL;
+    if (pg_conninfo_hosts_problem(host, hostaddr, port)) goto fail_opts;
     rc = split_list(host, pool->hosts, PG_MAX_HOSTS, &pool->nhosts);
+    if (rc) goto fail_opts;
+    rc = split_list(hostaddr, pool->addrs, PG_MAX_HOSTS, &pool->naddrs);
     if (rc) goto fail_opts;
     rc = split_list(port, pool->ports, PG_MAX_HOSTS, &pool->nports);
     if (rc) goto fail_opts;
+    pool->resolve = pool->naddrs == 0;
+    pool->nentries = pool->nhosts ? pool->nhosts : pool->naddrs;
+    /* libpq's connect_timeout is per host, in seconds, at least 2; without it
+     * db_timeout_ms (at least 2 s, so that a slow TLS handshake is not cut). */
+    long ct = connect_timeout ? strtol(connect_timeout, NULL, 10) : 0;
+    if (ct > 0)
+        pool->connect_ms = (uint64_t)(ct < 2 ? 2 : ct) * 1000;
+    else
+        pool->connect_ms = opts->timeout_ms < 2000 ? 2000 : opts->timeout_ms;
     PQconninfoFree(o);
 
     pool->conns = calloc((size_t)opts->size, sizeof *pool->conns);
@@ -824,6 +1037,7 @@ fail:
     free(pool->kw);
     free(pool->val);
     for (size_t i = 0; i < pool->nhosts; i++) free(pool->hosts[i]);
+    for (size_t i = 0; i < pool->naddrs; i++) free(pool->addrs[i]);
     for (size_t i = 0; i < pool->nports; i++) free(pool->ports[i]);
     free(pool);
     return rc;
@@ -842,7 +1056,7 @@ void pg_pool_start(struct pg_pool *pool)
 bool pg_pool_ready(const struct pg_pool *pool)
 {
     for (int i = 0; i < pool->opts.size; i++)
-        if (pool->conns[i].state == PGC_READY) return true;
+        if (pool->conns[i].state == PGC_READY && !pool->conns[i].doomed) return true;
     return false;
 }
 
@@ -850,7 +1064,9 @@ int pg_pool_idle(const struct pg_pool *pool)
 {
     int n = 0;
     for (int i = 0; i < pool->opts.size; i++)
-        if (pool->conns[i].state == PGC_READY && pool->conns[i].count == 0) n++;
+        if (pool->conns[i].state == PGC_READY && !pool->conns[i].doomed &&
+            pool->conns[i].count == 0)
+            n++;
     return n;
 }
 
@@ -881,6 +1097,7 @@ void pg_pool_get_stats(const struct pg_pool *pool, struct pg_pool_stats *st)
     st->failures = pool->failures;
     st->timeouts = pool->timeouts;
     st->lost = pool->lost;
+    st->failovers = pool->failovers;
     st->schema_ok = st->ready > 0;
     snprintf(st->host, sizeof st->host, "%s", pool->host);
 }

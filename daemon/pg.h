@@ -11,10 +11,25 @@
 /* libpq on libuv: a pool of non-blocking connections in pipeline mode, each
  * driven by one uv_poll_t, reconnecting with back-off. Every unit of work is one
  * sync point: its result is delivered only once PostgreSQL has answered the sync
- * (so an autocommit statement has committed), or it fails. */
+ * (so an autocommit statement has committed), or it fails.
+ *
+ * The connection string may name several hosts (libpq's host=a,b port=p,q,
+ * with target_session_attrs=read-write). A connection is only ever used on a
+ * writable primary: one whose session turns out to be on a standby (or
+ * read-only), or that gets SQLSTATE 25006, is dropped and the next attempt
+ * starts at the following host. When the host:port written to changes, the
+ * pool counts a failover and logs it. */
+
+#define PG_MAX_HOSTS 8
 
 struct pg_pool;
 struct pg_query;
+
+/* libpq's rules for a host list, checked before any connection: as many
+ * hostaddr as host entries, one port or one per host, at most PG_MAX_HOSTS.
+ * Takes the values of the connection string (or of PGHOST, PGHOSTADDR and
+ * PGPORT where it gives none); NULL when they fit, else what is wrong. */
+const char *pg_conninfo_hosts_problem(const char *host, const char *hostaddr, const char *port);
 
 /* Called exactly once per submitted query. err is 0 when the unit completed
  * (res holds its first result, PGRES_TUPLES_OK or PGRES_COMMAND_OK); IDV_EDB
@@ -53,15 +68,20 @@ struct pg_pool_opts {
     size_t nstmts;
     size_t max_queue;           /* queued queries beyond this fail at once */
     const char *application_name;
+    /* Called (may be NULL) when a connection comes up on another host:port
+     * than the one the pool wrote to before: a failover. Strings are valid
+     * during the call only. */
+    void (*on_primary_change)(void *arg, const char *old_host, const char *new_host);
+    void *primary_arg;
 };
 
 /* Pool figures for /metrics and logs. */
 struct pg_pool_stats {
     int ready, connecting, down, busy;
     size_t queued;
-    uint64_t reconnects, failures, timeouts, lost;
+    uint64_t reconnects, failures, timeouts, lost, failovers;
     bool schema_ok;
-    char host[128];             /* host of the last connection that came up */
+    char host[160];             /* host:port of the primary the last connection came up on */
 };
 
 /* Creates the pool (no connection yet). Returns 0, IDV_ENOMEM or IDV_EINVAL
@@ -72,7 +92,8 @@ int pg_pool_new(struct pg_pool **out, uv_loop_t *loop, const struct pg_pool_opts
 void pg_pool_start(struct pg_pool *pool);
 /* Queues a query; the result arrives through q->done, never synchronously. */
 void pg_pool_submit(struct pg_pool *pool, struct pg_query *q);
-/* True when at least one connection is up with a current schema. */
+/* True when at least one connection is up, on a writable primary, with a
+ * current schema. */
 bool pg_pool_ready(const struct pg_pool *pool);
 /* Number of connections up and with nothing in flight. */
 int pg_pool_idle(const struct pg_pool *pool);

@@ -65,6 +65,19 @@ def case_confirm_path(ctx):
     check_eq(calls[0]["params"]["MerchantBizId"], "conf1", "stored MerchantBizId used")
     m = s.d.metrics()
     check_eq(idvtest.metric_value(m, "idv_confirmations_total"), 1.0, "confirmations metric")
+    # The life of this transaction as SQL shows it, for the reader of the log.
+    for title, sql in (
+            ("idv.transaction_events", "SELECT id, status, previous_status, passed, sub_code,"
+             " confirmed, at FROM idv.transaction_events WHERE tx = (SELECT id FROM"
+             f" idv.transactions WHERE transaction_id = '{tx}') ORDER BY id"),
+            ("idv.callback_events", "SELECT id, received_at, outcome, passed, sub_code, client_ip,"
+             f" instance FROM idv.callback_events WHERE transaction_id = '{tx}' ORDER BY id"),
+            ("idv.check_results", "SELECT passed, sub_code, ext_face_info, request_id IS NOT NULL"
+             f" AS has_request_id FROM idv.check_results WHERE transaction_id = '{tx}'"),
+            ("idv.transaction_status", "SELECT transaction_id, merchant_biz_id, status, passed,"
+             " sub_code, confirmed, initiated_at, completed_at, expires_at FROM"
+             f" idv.transaction_status WHERE transaction_id = '{tx}'")):
+        print(f"-- {title}\n{s.pg.psql(sql)}", flush=True)
 
 
 def case_disagreement(ctx):

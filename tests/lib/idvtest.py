@@ -120,6 +120,37 @@ class PgCluster:
                 f.write(f"{k} = {v}\n")
         return self
 
+    def standby_from(self, primary, app_name="standby1"):
+        """Makes this cluster a streaming standby of primary (instead of
+        initdb): `pg_basebackup -R` over TCP, then this cluster's own settings
+        appended to the postgresql.auto.conf the backup copied (later lines
+        win), with a primary_conninfo naming app_name as the walreceiver's
+        application_name (what synchronous_standby_names matches)."""
+        r = subprocess.run(_as_postgres([os.path.join(PG_BINDIR, "pg_basebackup"), "-D", self.data,
+                                         "-h", "127.0.0.1", "-p", str(primary.port), "-U",
+                                         "postgres", "-R", "-X", "stream", "-c", "fast",
+                                         "--no-sync"]),
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        if r.returncode != 0:
+            raise TestFailure(f"pg_basebackup failed: {r.stderr.decode(errors='replace')}")
+        self.settings["primary_conninfo"] = (f"'host=127.0.0.1 port={primary.port} user=postgres"
+                                             f" application_name={app_name}'")
+        with open(os.path.join(self.data, "postgresql.auto.conf"), "a") as f:
+            for k, v in self.settings.items():
+                f.write(f"{k} = {v}\n")
+        return self
+
+    def allow_replication(self):
+        """Adds a pg_hba entry letting postgres replicate over 127.0.0.1
+        without a password (read at the next start or reload)."""
+        with open(os.path.join(self.data, "pg_hba.conf"), "a") as f:
+            f.write("host replication postgres 127.0.0.1/32 trust\n")
+        return self
+
+    def promote(self):
+        """`pg_ctl promote -w`: returns once the standby accepts writes."""
+        self.pg_ctl("-w", "-t", "60", "promote")
+
     def pg_ctl(self, *args, check=True):
         r = subprocess.run(_as_postgres([os.path.join(PG_BINDIR, "pg_ctl"), "-D", self.data,
                                          "-l", self.log] + list(args)),
@@ -568,7 +599,15 @@ def main(ns):
     except Exception:
         traceback.print_exc()
         for d in ctx.daemons:
-            print(f"---- log of daemon {d.cfg.get('instance_name')}:\n{d.logs()[-6000:]}", file=sys.stderr)
+            # Requests are one line each and would hide the rest: the other
+            # lines first, then the last requests.
+            lines = d.logs().splitlines()
+            other, req = [], []
+            for l in lines:
+                (req if " request " in l or '"msg":"request"' in l else other).append(l)
+            print(f"---- log of daemon {d.cfg.get('instance_name')} (not requests, last 60):\n"
+                  + "\n".join(other[-60:]) + "\n---- last 10 requests:\n" + "\n".join(req[-10:]),
+                  file=sys.stderr)
         print(f"FAIL {a.case}", file=sys.stderr)
         return 1
     finally:
@@ -591,6 +630,14 @@ class Ctx:
         c.start()
         if schema:
             c.setup_schema()
+        return c
+
+    def standby(self, primary, name="standby", app_name="standby1", **kw):
+        """A streaming standby of primary made with pg_basebackup -R, started
+        (primary needs allow_replication() first)."""
+        c = PgCluster(self.tmp, name, **kw).standby_from(primary, app_name)
+        self.clusters.append(c)
+        c.start()
         return c
 
     def daemon(self, pg=None, name="idv", start=True, wait_ready=True, **cfg):
