@@ -67,8 +67,8 @@ static void register_done(struct pg_query *q, PGresult *res, int err)
             char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
             json_decref(o);
             if (s)
-                conn_respond(a->c, r[0] == 'c' ? 201 : 200, "application/json", NULL, s,
-                             strlen(s), false);
+                conn_respond(a->c, r[0] == 'c' ? 201 : 200, "application/json", NULL, s, strlen(s),
+                             false);
             else
                 app_error(a->c, 500, "InternalError", "out of memory", NULL, NULL);
             free(s);
@@ -176,7 +176,8 @@ static void handle_register(struct app *app, struct conn *c, const struct http_r
     bool answered = false;
     const char *tx = field(c, o, "transactionId", true, cb_valid_transaction_id, &answered);
     const char *biz = answered ? NULL : field(c, o, "merchantBizId", true, valid_biz_id, &answered);
-    const char *tok = answered ? NULL : field(c, o, "callbackToken", true, cb_valid_token, &answered);
+    const char *tok =
+        answered ? NULL : field(c, o, "callbackToken", true, cb_valid_token, &answered);
     const char *user =
         answered ? NULL : field(c, o, "merchantUserId", false, valid_user_id, &answered);
     if (answered) {

@@ -8,8 +8,8 @@
 
 static bool unreserved(unsigned char c)
 {
-    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-           c == '-' || c == '_' || c == '.' || c == '~';
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' ||
+           c == '_' || c == '.' || c == '~';
 }
 
 void alibaba_pct_encode(struct strbuf *out, const char *s, size_t len)
@@ -133,8 +133,8 @@ int alibaba_sign(const char *access_key_id, const char *secret, const char *meth
                                out->signature, out->signed_headers, sizeof out->signed_headers);
     if (rc) return rc;
     int n = snprintf(out->authorization, sizeof out->authorization,
-                     "ACS3-HMAC-SHA256 Credential=%s,SignedHeaders=%s,Signature=%s",
-                     access_key_id, out->signed_headers, out->signature);
+                     "ACS3-HMAC-SHA256 Credential=%s,SignedHeaders=%s,Signature=%s", access_key_id,
+                     out->signed_headers, out->signature);
     return n > 0 && (size_t)n < sizeof out->authorization ? 0 : IDV_EINVAL;
 }
 
@@ -184,7 +184,8 @@ static bool valid_url(const char *s, size_t len)
         pre = 7;
     else
         return false;
-    if (len > 2048 || s[pre] == '/' || s[pre] == ':' || s[pre] == '?' || s[pre] == '#') return false;
+    if (len > 2048 || s[pre] == '/' || s[pre] == ':' || s[pre] == '?' || s[pre] == '#')
+        return false;
     for (size_t i = 0; i < len; i++)
         if ((unsigned char)s[i] <= ' ' || (unsigned char)s[i] >= 0x7f) return false;
     return true;

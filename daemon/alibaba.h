@@ -31,11 +31,11 @@ char *alibaba_canonical_query(const struct kv *params, size_t n);
 
 /* What a signed request carries. */
 struct alibaba_signed {
-    char date[32];            /* x-acs-date, YYYY-MM-DDThh:mm:ssZ */
+    char date[32]; /* x-acs-date, YYYY-MM-DDThh:mm:ssZ */
     char content_sha256[SHA256_HEX_LEN + 1];
     char signed_headers[128]; /* "host;x-acs-action;..." */
     char signature[SHA256_HEX_LEN + 1];
-    char authorization[512];  /* the Authorization header value */
+    char authorization[512]; /* the Authorization header value */
 };
 
 /* Signs a request: method, canonical query, body, and the six signed headers

@@ -47,4 +47,3 @@ void app_health(struct app *app, struct conn *c, const struct http_request *req,
     conn_respond(c, why ? 503 : 200, "application/json", why ? "Retry-After: 5\r\n" : NULL, body,
                  (size_t)n, false);
 }
-

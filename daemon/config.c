@@ -27,7 +27,10 @@ struct key_def {
     long min, max;
 };
 
-#define K(name, type, def, min, max) {#name, type, offsetof(struct config, name), def, min, max}
+#define K(name, type, def, min, max)                                                               \
+    {                                                                                              \
+#name, type, offsetof(struct config, name), def, min, max                                  \
+    }
 static const struct key_def keys[] = {
     K(listen, KT_STR, "0.0.0.0:8080", 0, 0),
     K(admin_listen, KT_STR, "127.0.0.1:8081", 0, 0),
@@ -135,8 +138,8 @@ static int set_value(struct config *cfg, const struct key_def *k, const char *va
     case KT_LOGFMT: {
         int v = log_format_parse(val);
         if (v < 0) {
-            set_err(err, errlen, "%s (%s): '%s' is not one of auto, text, json, journal",
-                    k->name, origin, val);
+            set_err(err, errlen, "%s (%s): '%s' is not one of auto, text, json, journal", k->name,
+                    origin, val);
             return IDV_ECONFIG;
         }
         *(int *)field = v;
@@ -145,8 +148,8 @@ static int set_value(struct config *cfg, const struct key_def *k, const char *va
     case KT_LOGLVL: {
         int v = log_level_parse(val);
         if (v < 0) {
-            set_err(err, errlen, "%s (%s): '%s' is not one of debug, info, warn, error",
-                    k->name, origin, val);
+            set_err(err, errlen, "%s (%s): '%s' is not one of debug, info, warn, error", k->name,
+                    origin, val);
             return IDV_ECONFIG;
         }
         *(int *)field = v;
@@ -226,8 +229,7 @@ char *config_read_secret(const char *key, const char *path, const char *base_dir
     }
     struct stat st;
     if (fstat(fileno(f), &st) == 0 && (st.st_mode & S_IROTH))
-        log_kv(LOGL_WARN, "secret file is readable by every user", "KEY", key, "PATH", full,
-               NULL);
+        log_kv(LOGL_WARN, "secret file is readable by every user", "KEY", key, "PATH", full, NULL);
     char buf[4097];
     size_t n = fread(buf, 1, sizeof buf, f);
     fclose(f);
@@ -367,7 +369,8 @@ static int validate(struct config *cfg, bool required, const char *base_dir, cha
         return IDV_ECONFIG;
     }
     if (cfg->proxy_protocol && cfg->trusted.n == 0) {
-        set_err(err, errlen, "proxy_protocol: 'on' needs trusted_proxies (whose headers to believe)");
+        set_err(err, errlen,
+                "proxy_protocol: 'on' needs trusted_proxies (whose headers to believe)");
         return IDV_ECONFIG;
     }
     if (cfg->confirm_backoff_max_ms < cfg->confirm_backoff_ms) {
@@ -401,15 +404,17 @@ static int validate(struct config *cfg, bool required, const char *base_dir, cha
             return IDV_ECONFIG;
         }
         for (size_t i = 0; i < n; i++)
-            if ((unsigned char)cfg->admin_token[i] <= ' ' || (unsigned char)cfg->admin_token[i] >= 0x7f) {
-                set_err(err, errlen, "admin_token_file: the token must be printable ASCII without spaces");
+            if ((unsigned char)cfg->admin_token[i] <= ' ' ||
+                (unsigned char)cfg->admin_token[i] >= 0x7f) {
+                set_err(err, errlen,
+                        "admin_token_file: the token must be printable ASCII without spaces");
                 return IDV_ECONFIG;
             }
     }
     if (cfg->alibaba_access_key_id) {
-        cfg->alibaba_access_key_secret = config_read_secret(
-            "alibaba_access_key_secret_file", cfg->alibaba_access_key_secret_file, base_dir, err,
-            errlen);
+        cfg->alibaba_access_key_secret =
+            config_read_secret("alibaba_access_key_secret_file",
+                               cfg->alibaba_access_key_secret_file, base_dir, err, errlen);
         if (!cfg->alibaba_access_key_secret) return IDV_ECONFIG;
         cfg->alibaba_enabled = true;
     }
@@ -500,7 +505,8 @@ static void print_dburl(const char *url, FILE *out)
 
 void config_print(const struct config *cfg, FILE *out)
 {
-    if (cfg->config_path) fprintf(out, "# from %s and IDV_* environment variables\n", cfg->config_path);
+    if (cfg->config_path)
+        fprintf(out, "# from %s and IDV_* environment variables\n", cfg->config_path);
     for (size_t i = 0; i < NKEYS; i++) {
         const struct key_def *k = &keys[i];
         const void *field = (const char *)cfg + k->off;

@@ -51,10 +51,10 @@ struct config {
     struct netaddr listen_addr;
     struct netaddr admin_addr;
     struct cidr_list trusted;
-    char *config_path;             /* the file read, or NULL */
-    char *admin_token;             /* secret, read from admin_token_file */
+    char *config_path;               /* the file read, or NULL */
+    char *admin_token;               /* secret, read from admin_token_file */
     char *alibaba_access_key_secret; /* secret, read from its file */
-    bool alibaba_enabled;          /* access key id and secret both set */
+    bool alibaba_enabled;            /* access key id and secret both set */
 };
 
 /* Loads path (NULL: the default path, which may be absent), applies IDV_*
@@ -70,5 +70,5 @@ void config_print(const struct config *cfg, FILE *out);
 /* Reads a secret file named by a *_file key: relative paths are resolved against
  * $CREDENTIALS_DIRECTORY when set, else against base_dir. Trailing newlines are
  * removed. Returns a malloc'd string or NULL with err filled. */
-char *config_read_secret(const char *key, const char *path, const char *base_dir,
-                         char *err, size_t errlen);
+char *config_read_secret(const char *key, const char *path, const char *base_dir, char *err,
+                         size_t errlen);

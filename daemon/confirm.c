@@ -12,9 +12,8 @@
 #include "outbound.h"
 
 const struct pg_stmt confirm_statements[] = {
-    {"claim_work",
-     "SELECT id, kind, transaction_id, merchant_biz_id, lease, attempts"
-     " FROM idv.claim_work($1, $2::integer, $3::interval)"},
+    {"claim_work", "SELECT id, kind, transaction_id, merchant_biz_id, lease, attempts"
+                   " FROM idv.claim_work($1, $2::integer, $3::interval)"},
     {"complete_confirmation",
      "SELECT idv.complete_confirmation($1::bigint, $2::uuid, $3, $4, $5, $6, $7::jsonb)"},
     {"complete_unfinished", "SELECT idv.complete_unfinished($1::bigint, $2::uuid, $3, $4)"},
@@ -25,9 +24,8 @@ const struct pg_stmt confirm_statements[] = {
 const size_t confirm_statements_count = sizeof confirm_statements / sizeof confirm_statements[0];
 
 /* The Ext* fields of a CheckResult: strings holding JSON, stored as jsonb. */
-static const char *const ext_fields[] = {"ExtBasicInfo", "ExtFaceInfo",   "ExtIdInfo",
-                                         "ExtInfo",      "ExtRiskInfo",   "ExtSourceInfo",
-                                         "EkycResult"};
+static const char *const ext_fields[] = {"ExtBasicInfo", "ExtFaceInfo",   "ExtIdInfo", "ExtInfo",
+                                         "ExtRiskInfo",  "ExtSourceInfo", "EkycResult"};
 
 enum item_stage { IS_CALL = 0, IS_RECORD };
 
@@ -100,9 +98,8 @@ static void record_done(struct pg_query *q, PGresult *res, int err)
     const char *r = !err && res && PQntuples(res) == 1 ? PQgetvalue(res, 0, 0) : NULL;
     if (!r) {
         /* Not recorded: the lease runs out and the item is claimed again. */
-        log_kv(LOGL_WARN, "confirmation not recorded; the item will be retried",
-               "TRANSACTION_ID", it->transaction_id, "REASON", idv_strerror(err), "SQLSTATE",
-               pg_sqlstate(res), NULL);
+        log_kv(LOGL_WARN, "confirmation not recorded; the item will be retried", "TRANSACTION_ID",
+               it->transaction_id, "REASON", idv_strerror(err), "SQLSTATE", pg_sqlstate(res), NULL);
     } else if (!strcmp(r, "confirmed") || !strcmp(r, "disagreement")) {
         g_metrics.confirmations++;
         if (r[0] == 'd') {
@@ -125,8 +122,8 @@ static void record_done(struct pg_query *q, PGresult *res, int err)
     } else if (!strcmp(r, "retry")) {
         g_metrics.confirm_retries++;
     } else if (!strcmp(r, "stale")) {
-        log_kv(LOGL_WARN, "work item lease lost (another instance owns it now)",
-               "TRANSACTION_ID", it->transaction_id, NULL);
+        log_kv(LOGL_WARN, "work item lease lost (another instance owns it now)", "TRANSACTION_ID",
+               it->transaction_id, NULL);
     }
     if (res) PQclear(res);
     item_free(it);
@@ -307,7 +304,10 @@ static void claim(struct confirm *cf)
     pg_pool_submit(cf->app->pool, &cf->claim_q);
 }
 
-static void on_poll(uv_timer_t *t) { claim(t->data); }
+static void on_poll(uv_timer_t *t)
+{
+    claim(t->data);
+}
 
 static void sweep_done(struct pg_query *q, PGresult *res, int err)
 {

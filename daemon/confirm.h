@@ -15,19 +15,19 @@ struct confirm;
 
 struct confirm_opts {
     const char *instance;
-    bool can_check;            /* Alibaba credentials configured */
-    uint64_t poll_ms;          /* how often the queue is looked at when idle */
-    uint64_t sweep_ms;         /* how often the sweeper runs */
-    uint64_t grace_ms;         /* after expires_at before a sweep */
-    uint64_t lease_ms;         /* a claimed item's lease */
+    bool can_check;    /* Alibaba credentials configured */
+    uint64_t poll_ms;  /* how often the queue is looked at when idle */
+    uint64_t sweep_ms; /* how often the sweeper runs */
+    uint64_t grace_ms; /* after expires_at before a sweep */
+    uint64_t lease_ms; /* a claimed item's lease */
     long max_attempts;
     uint64_t backoff_ms, backoff_max_ms;
-    unsigned batch;            /* items claimed at once */
+    unsigned batch; /* items claimed at once */
 };
 
 /* Queue figures for /metrics (refreshed every few seconds). */
 struct confirm_stats {
-    long depth;                /* waiting items, all instances; -1 unknown */
+    long depth; /* waiting items, all instances; -1 unknown */
     double oldest_seconds;
     long given_up;
     size_t inflight;
@@ -38,8 +38,8 @@ extern const struct pg_stmt confirm_statements[];
 extern const size_t confirm_statements_count;
 
 /* Creates and starts the worker; returns 0 or IDV_ENOMEM. */
-int confirm_new(struct confirm **out, struct app *app, const struct confirm_opts *opts)
-    IDV_MUSTCHECK;
+int confirm_new(struct confirm **out, struct app *app,
+                const struct confirm_opts *opts) IDV_MUSTCHECK;
 /* Looks at the queue now (an accepted callback just queued an item). */
 void confirm_nudge(struct confirm *cf);
 /* Fills stats. */

@@ -47,8 +47,7 @@ bool crypto_secret_equal(const char *a, size_t alen, const char *b, size_t blen)
 
 int crypto_random_token(size_t nbytes, char *out, size_t outlen)
 {
-    static const char b64[] =
-        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     uint8_t raw[64];
     if (nbytes > sizeof raw || outlen < (nbytes * 4 + 2) / 3 + 1) return IDV_EINVAL;
     if (RAND_bytes(raw, (int)nbytes) != 1) return IDV_EIO;

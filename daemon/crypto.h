@@ -5,7 +5,7 @@
 
 #include "err.h"
 
-#define SHA256_LEN 32
+#define SHA256_LEN     32
 #define SHA256_HEX_LEN 64
 
 /* SHA-256 of data into out[32]. */

@@ -4,7 +4,7 @@ const char *idv_err_name(int err)
 {
     switch (err) {
     case IDV_OK: return "IDV_OK";
-#define IDV_ERR_NAME(name, msg)                                                   \
+#define IDV_ERR_NAME(name, msg)                                                                    \
     case IDV_E##name: return "IDV_E" #name;
         IDV_ERRNO_MAP(IDV_ERR_NAME)
 #undef IDV_ERR_NAME
@@ -16,7 +16,7 @@ const char *idv_strerror(int err)
 {
     switch (err) {
     case IDV_OK: return "success";
-#define IDV_ERR_MSG(name, msg)                                                    \
+#define IDV_ERR_MSG(name, msg)                                                                     \
     case IDV_E##name: return msg;
         IDV_ERRNO_MAP(IDV_ERR_MSG)
 #undef IDV_ERR_MSG

@@ -2,20 +2,20 @@
 /* Errors are values: 0 for success, or a negative IDV_E* code from this one list.
  * The X-macro yields the enum, the symbolic name and the message. */
 
-#define IDV_ERRNO_MAP(X)                                                          \
-    X(NOMEM, "out of memory")                                                     \
-    X(INVAL, "invalid argument")                                                  \
-    X(CONFIG, "configuration error")                                              \
-    X(IO, "input/output error")                                                   \
-    X(TIMEOUT, "deadline passed")                                                 \
-    X(DB, "database error")                                                       \
-    X(DBLOST, "database connection lost before the commit was confirmed")         \
-    X(UNAVAILABLE, "service unavailable")                                         \
-    X(TOOBIG, "too large")                                                        \
-    X(PARSE, "malformed input")                                                   \
-    X(NOTFOUND, "not found")                                                      \
-    X(CONFLICT, "conflict")                                                       \
-    X(UPSTREAM, "upstream error")                                                 \
+#define IDV_ERRNO_MAP(X)                                                                           \
+    X(NOMEM, "out of memory")                                                                      \
+    X(INVAL, "invalid argument")                                                                   \
+    X(CONFIG, "configuration error")                                                               \
+    X(IO, "input/output error")                                                                    \
+    X(TIMEOUT, "deadline passed")                                                                  \
+    X(DB, "database error")                                                                        \
+    X(DBLOST, "database connection lost before the commit was confirmed")                          \
+    X(UNAVAILABLE, "service unavailable")                                                          \
+    X(TOOBIG, "too large")                                                                         \
+    X(PARSE, "malformed input")                                                                    \
+    X(NOTFOUND, "not found")                                                                       \
+    X(CONFLICT, "conflict")                                                                        \
+    X(UPSTREAM, "upstream error")                                                                  \
     X(SHUTDOWN, "shutting down")
 
 enum idv_err {

@@ -20,18 +20,16 @@ enum hdr {
 
 /* RFC 9110 tchar. */
 static const uint8_t tchar[256] = {
-    ['!'] = 1, ['#'] = 1, ['$'] = 1, ['%'] = 1, ['&'] = 1, ['\''] = 1, ['*'] = 1,
-    ['+'] = 1, ['-'] = 1, ['.'] = 1, ['^'] = 1, ['_'] = 1, ['`'] = 1, ['|'] = 1, ['~'] = 1,
-    ['0'] = 1, ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1, ['5'] = 1, ['6'] = 1, ['7'] = 1,
-    ['8'] = 1, ['9'] = 1,
-    ['A'] = 1, ['B'] = 1, ['C'] = 1, ['D'] = 1, ['E'] = 1, ['F'] = 1, ['G'] = 1, ['H'] = 1,
-    ['I'] = 1, ['J'] = 1, ['K'] = 1, ['L'] = 1, ['M'] = 1, ['N'] = 1, ['O'] = 1, ['P'] = 1,
-    ['Q'] = 1, ['R'] = 1, ['S'] = 1, ['T'] = 1, ['U'] = 1, ['V'] = 1, ['W'] = 1, ['X'] = 1,
-    ['Y'] = 1, ['Z'] = 1,
-    ['a'] = 1, ['b'] = 1, ['c'] = 1, ['d'] = 1, ['e'] = 1, ['f'] = 1, ['g'] = 1, ['h'] = 1,
-    ['i'] = 1, ['j'] = 1, ['k'] = 1, ['l'] = 1, ['m'] = 1, ['n'] = 1, ['o'] = 1, ['p'] = 1,
-    ['q'] = 1, ['r'] = 1, ['s'] = 1, ['t'] = 1, ['u'] = 1, ['v'] = 1, ['w'] = 1, ['x'] = 1,
-    ['y'] = 1, ['z'] = 1,
+    ['!'] = 1, ['#'] = 1, ['$'] = 1, ['%'] = 1, ['&'] = 1, ['\''] = 1, ['*'] = 1, ['+'] = 1,
+    ['-'] = 1, ['.'] = 1, ['^'] = 1, ['_'] = 1, ['`'] = 1, ['|'] = 1,  ['~'] = 1, ['0'] = 1,
+    ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1, ['5'] = 1, ['6'] = 1,  ['7'] = 1, ['8'] = 1,
+    ['9'] = 1, ['A'] = 1, ['B'] = 1, ['C'] = 1, ['D'] = 1, ['E'] = 1,  ['F'] = 1, ['G'] = 1,
+    ['H'] = 1, ['I'] = 1, ['J'] = 1, ['K'] = 1, ['L'] = 1, ['M'] = 1,  ['N'] = 1, ['O'] = 1,
+    ['P'] = 1, ['Q'] = 1, ['R'] = 1, ['S'] = 1, ['T'] = 1, ['U'] = 1,  ['V'] = 1, ['W'] = 1,
+    ['X'] = 1, ['Y'] = 1, ['Z'] = 1, ['a'] = 1, ['b'] = 1, ['c'] = 1,  ['d'] = 1, ['e'] = 1,
+    ['f'] = 1, ['g'] = 1, ['h'] = 1, ['i'] = 1, ['j'] = 1, ['k'] = 1,  ['l'] = 1, ['m'] = 1,
+    ['n'] = 1, ['o'] = 1, ['p'] = 1, ['q'] = 1, ['r'] = 1, ['s'] = 1,  ['t'] = 1, ['u'] = 1,
+    ['v'] = 1, ['w'] = 1, ['x'] = 1, ['y'] = 1, ['z'] = 1,
 };
 
 static bool field_byte_ok(unsigned char c)
@@ -60,8 +58,8 @@ enum scan_result { SCAN_MORE, SCAN_DONE, SCAN_ERROR };
 
 /* Checks complete lines from p->scan_pos. Works incrementally: a line is judged
  * once it is complete, and an incomplete line only against the size limits. */
-static enum scan_result scan_head(struct http_parser *p, const char *buf, size_t len,
-                                  int *status, const char **reason)
+static enum scan_result scan_head(struct http_parser *p, const char *buf, size_t len, int *status,
+                                  const char **reason)
 {
     size_t pos = p->scan_pos;
     for (;;) {
@@ -153,7 +151,10 @@ static enum scan_result scan_head(struct http_parser *p, const char *buf, size_t
 
 /* ---- llhttp glue ---------------------------------------------------------- */
 
-static struct http_parser *P(llhttp_t *ll) { return (struct http_parser *)ll->data; }
+static struct http_parser *P(llhttp_t *ll)
+{
+    return (struct http_parser *)ll->data;
+}
 
 static uint32_t off_of(struct http_parser *p, const char *at)
 {
@@ -271,8 +272,7 @@ static int on_header_value_complete(llhttp_t *ll)
     const char *s = p->base + v.off;
     p->value.off = p->value.len = 0;
     switch ((enum hdr)p->cur_header) {
-    case H_TRANSFER_ENCODING:
-        return fail(p, 400, "Transfer-Encoding is not accepted");
+    case H_TRANSFER_ENCODING: return fail(p, 400, "Transfer-Encoding is not accepted");
     case H_CONTENT_LENGTH: {
         if (p->req.has_content_length) return fail(p, 400, "Content-Length given twice");
         p->req.has_content_length = true;
@@ -297,9 +297,7 @@ static int on_header_value_complete(llhttp_t *ll)
         p->req.n_authorization++;
         p->req.authorization = v;
         break;
-    case H_CONTENT_TYPE:
-        p->req.content_type = v;
-        break;
+    case H_CONTENT_TYPE: p->req.content_type = v; break;
     case H_XFF:
         if (p->req.n_xff == HTTP_MAX_XFF) {
             /* Keep the right-most lines: they are the ones a trusted proxy added. */
@@ -318,8 +316,7 @@ static int on_header_value_complete(llhttp_t *ll)
         p->conn_close |= list_has(s, v.len, "close");
         p->conn_keep_alive |= list_has(s, v.len, "keep-alive");
         break;
-    case H_OTHER:
-        break;
+    case H_OTHER: break;
     }
     return 0;
 }
@@ -470,7 +467,10 @@ void http_out_put(struct http_out *o, const char *s, size_t n)
     o->len += n;
 }
 
-void http_out_puts(struct http_out *o, const char *s) { http_out_put(o, s, strlen(s)); }
+void http_out_puts(struct http_out *o, const char *s)
+{
+    http_out_put(o, s, strlen(s));
+}
 
 static char g_date[40] = "Thu, 01 Jan 1970 00:00:00 GMT";
 static time_t g_date_sec;

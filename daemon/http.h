@@ -10,9 +10,9 @@
 /* Limits of the interface contract. */
 #define HTTP_MAX_REQUEST_LINE 8192
 #define HTTP_MAX_HEADER_BYTES 16384
-#define HTTP_MAX_FIELDS 100
-#define HTTP_MAX_HEAD (HTTP_MAX_REQUEST_LINE + 2 + HTTP_MAX_HEADER_BYTES + 2)
-#define HTTP_MAX_XFF 4
+#define HTTP_MAX_FIELDS       100
+#define HTTP_MAX_HEAD         (HTTP_MAX_REQUEST_LINE + 2 + HTTP_MAX_HEADER_BYTES + 2)
+#define HTTP_MAX_XFF          4
 
 /* A byte range of the connection's buffer, as an offset so that it survives the
  * buffer growing while a body arrives. */
@@ -27,7 +27,7 @@ struct http_request {
     uint8_t http_minor;
     bool keep_alive;
     bool expect_continue;
-    bool upgrade;       /* the client asked for a protocol change; we answer and close */
+    bool upgrade; /* the client asked for a protocol change; we answer and close */
     struct http_span target, path, query;
     bool has_query;
     struct http_span authorization, content_type;
@@ -43,7 +43,7 @@ struct http_request {
 
 /* Per-listener rules. */
 struct http_rules {
-    uint32_t max_body;   /* 0: only "Content-Length: 0" is allowed (public listener) */
+    uint32_t max_body; /* 0: only "Content-Length: 0" is allowed (public listener) */
 };
 
 /* The parser state of one connection: llhttp plus the strict pre-scan that closes
@@ -53,24 +53,24 @@ struct http_parser {
     llhttp_t ll;
     const struct http_rules *rules;
     struct http_request req;
-    const char *base;        /* the buffer being parsed (valid during http_parse) */
-    uint32_t scan_pos;       /* head bytes already checked */
-    uint32_t hdr_start;      /* offset of the first header line */
-    struct http_span value;  /* the header value being collected */
-    uint32_t fed;            /* bytes already given to llhttp */
+    const char *base;       /* the buffer being parsed (valid during http_parse) */
+    uint32_t scan_pos;      /* head bytes already checked */
+    uint32_t hdr_start;     /* offset of the first header line */
+    struct http_span value; /* the header value being collected */
+    uint32_t fed;           /* bytes already given to llhttp */
     uint16_t fields;
-    uint8_t cur_header;      /* which header the current value belongs to */
-    bool conn_close;         /* Connection lists "close" */
-    bool conn_keep_alive;    /* Connection lists "keep-alive" */
+    uint8_t cur_header;   /* which header the current value belongs to */
+    bool conn_close;      /* Connection lists "close" */
+    bool conn_keep_alive; /* Connection lists "keep-alive" */
     bool head_done;
     bool in_request;
-    int error_status;        /* set by callbacks */
+    int error_status; /* set by callbacks */
     const char *error_reason;
 };
 
 enum http_result {
     HTTP_NEED_MORE = 0, /* the request is not complete yet */
-    HTTP_GOT_REQUEST,       /* a complete request is in parser->req */
+    HTTP_GOT_REQUEST,   /* a complete request is in parser->req */
     HTTP_ERROR,         /* answer *status and close the connection */
 };
 

@@ -12,13 +12,12 @@
 #include "outbound.h"
 #include "query.h"
 
-#define TOKEN_BYTES 32      /* 256 bits from the CSPRNG, 43 URL-safe characters */
+#define TOKEN_BYTES    32 /* 256 bits from the CSPRNG, 43 URL-safe characters */
 #define STALE_INTERVAL "10 minutes"
 
 const struct pg_stmt initialize_statements[] = {
-    {"begin_initialize",
-     "SELECT kind, id, transaction_id, transaction_url, protocol, request_id,"
-     " expires_at FROM idv.begin_initialize($1, $2, $3, $4, $5::interval)"},
+    {"begin_initialize", "SELECT kind, id, transaction_id, transaction_url, protocol, request_id,"
+                         " expires_at FROM idv.begin_initialize($1, $2, $3, $4, $5::interval)"},
     {"finish_initialize", "SELECT idv.finish_initialize($1::bigint, $2, $3, $4, $5)"},
     {"fail_initialize", "SELECT idv.fail_initialize($1::bigint, $2, $3, $4)"},
 };
@@ -134,9 +133,9 @@ static const char *val_or_null(PGresult *res, int col)
 static void db_error(struct init_req *r, PGresult *res, int err)
 {
     if (err == IDV_EDB || err == 0)
-        log_kv(LOGL_ERROR, "initialize: database error", "SQLSTATE", pg_sqlstate(res),
-               "DB_ERROR", res ? PQresultErrorMessage(res) : "unexpected result",
-               "MERCHANT_BIZ_ID", r->biz, NULL);
+        log_kv(LOGL_ERROR, "initialize: database error", "SQLSTATE", pg_sqlstate(res), "DB_ERROR",
+               res ? PQresultErrorMessage(res) : "unexpected result", "MERCHANT_BIZ_ID", r->biz,
+               NULL);
     app_error(r->c, 503, "Unavailable", "the database did not confirm the record", NULL,
               "Retry-After: 5\r\n");
 }
@@ -192,8 +191,8 @@ static void record_done(struct pg_query *q, PGresult *res, int err)
         db_error(r, res, err);
     } else if (r->stage == ST_FINISH) {
         if (PQgetisnull(res, 0, 0)) {
-            log_kv(LOGL_ERROR, "initialize: row no longer initializing", "MERCHANT_BIZ_ID",
-                   r->biz, "TRANSACTION_ID", r->tx, NULL);
+            log_kv(LOGL_ERROR, "initialize: row no longer initializing", "MERCHANT_BIZ_ID", r->biz,
+                   "TRANSACTION_ID", r->tx, NULL);
             app_error(r->c, 409, "InProgress", "the transaction changed meanwhile", NULL, NULL);
         } else {
             conn_note(r->c, "initiated", r->tx);
@@ -253,8 +252,10 @@ static void call_done(struct out_call *call, const struct out_result *res)
     r->protocol = json_str_dup(result, "Protocol");
     json_decref(result);
     if (!r->tx || !cb_valid_transaction_id(r->tx, strlen(r->tx)) || !r->url) {
-        fail_with(r, &f_garbage, res->http_status, rep->code, "Result.TransactionId or "
-                  "Result.TransactionUrl missing or malformed", rep->request_id);
+        fail_with(r, &f_garbage, res->http_status, rep->code,
+                  "Result.TransactionId or "
+                  "Result.TransactionUrl missing or malformed",
+                  rep->request_id);
         return;
     }
     r->request_id = rep->request_id ? strdup(rep->request_id) : NULL;
@@ -264,8 +265,8 @@ static void call_done(struct out_call *call, const struct out_result *res)
     r->values[3] = r->protocol ? r->protocol : "";
     r->values[4] = r->request_id ? r->request_id : "";
     r->stage = ST_FINISH;
-    log_kv(LOGL_INFO, "initialized at Alibaba", "MERCHANT_BIZ_ID", r->biz, "TRANSACTION_ID",
-           r->tx, "UPSTREAM_REQUEST_ID", r->request_id, NULL);
+    log_kv(LOGL_INFO, "initialized at Alibaba", "MERCHANT_BIZ_ID", r->biz, "TRANSACTION_ID", r->tx,
+           "UPSTREAM_REQUEST_ID", r->request_id, NULL);
     submit(r, "finish_initialize", 5, record_done);
 }
 
@@ -290,9 +291,9 @@ static void begin_done(struct pg_query *q, PGresult *res, int err)
         return;
     }
     if (!strcmp(kind, "in_progress")) {
-        json_t *o = json_pack("{s:s, s:s, s:s}", "code", "InProgress", "message",
-                              "an Initialize for this merchantBizId is in flight", "merchantBizId",
-                              r->biz);
+        json_t *o =
+            json_pack("{s:s, s:s, s:s}", "code", "InProgress", "message",
+                      "an Initialize for this merchantBizId is in flight", "merchantBizId", r->biz);
         respond_json(r->c, 409, o, NULL);
         PQclear(res);
         req_free(r);
@@ -334,8 +335,7 @@ void initialize_handle(struct app *app, struct conn *c, json_t *o)
         }
         if (!strcmp(key, "productCode")) {
             if (!json_is_string(val) || strcmp(json_string_value(val), "FACE_LIVENESS") != 0) {
-                app_error(c, 400, "InvalidParameter", "only FACE_LIVENESS is supported", key,
-                          NULL);
+                app_error(c, 400, "InvalidParameter", "only FACE_LIVENESS is supported", key, NULL);
                 goto refuse;
             }
             continue;

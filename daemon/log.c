@@ -12,7 +12,7 @@
 
 #include <systemd/sd-journal.h>
 
-#define LOG_LINE_MAX 4096
+#define LOG_LINE_MAX   4096
 #define LOG_FIELDS_MAX 24
 
 static enum log_format g_format = LOGF_TEXT;
@@ -32,10 +32,22 @@ void log_setup(enum log_format format, enum log_level level)
     g_level = level;
 }
 
-void log_set_level(enum log_level level) { g_level = level; }
-bool log_enabled(enum log_level level) { return level >= g_level; }
-enum log_format log_format_in_use(void) { return g_format; }
-const char *log_level_name(enum log_level level) { return level_names[level]; }
+void log_set_level(enum log_level level)
+{
+    g_level = level;
+}
+bool log_enabled(enum log_level level)
+{
+    return level >= g_level;
+}
+enum log_format log_format_in_use(void)
+{
+    return g_format;
+}
+const char *log_level_name(enum log_level level)
+{
+    return level_names[level];
+}
 
 int log_level_parse(const char *s)
 {
@@ -181,8 +193,7 @@ static void log_emit(enum log_level level, const char *msg, const char **kv, siz
         lb_putc(&b, ' ');
         lb_puts(&b, level_names[level]);
         lb_putc(&b, ' ');
-        for (const char *m = msg; *m; m++)
-            lb_putc(&b, (*m == '\n' || *m == '\r') ? ' ' : *m);
+        for (const char *m = msg; *m; m++) lb_putc(&b, (*m == '\n' || *m == '\r') ? ' ' : *m);
         for (size_t i = 0; i + 1 < nkv; i += 2) {
             lb_putc(&b, ' ');
             lb_lower_key(&b, kv[i]);

@@ -20,8 +20,7 @@ enum log_format log_format_in_use(void);
  * skipped). Never pass a secret: nothing here redacts. */
 void log_kv(enum log_level level, const char *msg, ...) __attribute__((sentinel));
 /* Writes a formatted message without fields. */
-void log_msgf(enum log_level level, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
+void log_msgf(enum log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* Parses "debug" etc.; returns -1 when unknown. */
 int log_level_parse(const char *s);

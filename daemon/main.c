@@ -27,7 +27,7 @@
 #include "version.h"
 
 #define EXIT_RUNTIME 1
-#define EXIT_USAGE 2
+#define EXIT_USAGE   2
 
 static void usage(FILE *out)
 {
@@ -77,7 +77,10 @@ static void raise_nofile(void)
     log_kv(LOGL_DEBUG, "open-file limit", "NOFILE", n, NULL);
 }
 
-static void closed_signal(uv_handle_t *h) { (void)h; }
+static void closed_signal(uv_handle_t *h)
+{
+    (void)h;
+}
 
 static void pool_closed(void *arg)
 {

@@ -8,13 +8,13 @@
 enum metric_listener { ML_PUBLIC = 0, ML_ADMIN, ML__COUNT };
 
 /* Callback outcomes: the values of the interface's status table. */
-#define CB_OUTCOME_MAP(X)                                                                  \
-    X(OK, "ok")                                                                            \
-    X(ACCEPTED, "accepted")                                                                \
-    X(DUPLICATE, "duplicate")                                                              \
-    X(CONFLICT, "conflict")                                                                \
-    X(REJECTED, "rejected")                                                                \
-    X(MALFORMED, "malformed")                                                              \
+#define CB_OUTCOME_MAP(X)                                                                          \
+    X(OK, "ok")                                                                                    \
+    X(ACCEPTED, "accepted")                                                                        \
+    X(DUPLICATE, "duplicate")                                                                      \
+    X(CONFLICT, "conflict")                                                                        \
+    X(REJECTED, "rejected")                                                                        \
+    X(MALFORMED, "malformed")                                                                      \
     X(UNAVAILABLE, "unavailable")
 
 enum cb_outcome {
@@ -39,7 +39,7 @@ struct histogram {
 struct metrics {
     uint64_t requests[ML__COUNT][600]; /* by status code */
     uint64_t callbacks[CBO__COUNT];
-    uint64_t callbacks_shed_rows;      /* audit rows dropped under overload */
+    uint64_t callbacks_shed_rows; /* audit rows dropped under overload */
     uint64_t audit_rows_failed;
     uint64_t conns_open[ML__COUNT];
     uint64_t conns_accepted[ML__COUNT];
@@ -67,7 +67,7 @@ struct metrics_gauges {
     const char *db_host;
     size_t callback_queue, audit_queue;
     int draining;
-    long queue_depth;          /* confirmation work queue, -1 when unknown */
+    long queue_depth; /* confirmation work queue, -1 when unknown */
     double queue_oldest_seconds;
 };
 

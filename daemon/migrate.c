@@ -86,8 +86,9 @@ int migrate_run(const char *conninfo, FILE *out)
         crypto_hex(d, sizeof d, sum);
         snprintf(v, sizeof v, "%d", m->version);
         const char *params[1] = {v};
-        PGresult *r = PQexecParams(c, "SELECT checksum FROM idv.schema_migrations WHERE version = $1",
-                                   1, NULL, params, NULL, NULL, 0);
+        PGresult *r =
+            PQexecParams(c, "SELECT checksum FROM idv.schema_migrations WHERE version = $1", 1,
+                         NULL, params, NULL, NULL, 0);
         if (PQresultStatus(r) != PGRES_TUPLES_OK) {
             fprintf(out, "migrate: reading idv.schema_migrations failed: %s", PQerrorMessage(c));
             PQclear(r);
@@ -95,7 +96,8 @@ int migrate_run(const char *conninfo, FILE *out)
         }
         if (PQntuples(r) == 1) {
             if (strcmp(PQgetvalue(r, 0, 0), sum) != 0)
-                fprintf(out, "migrate: warning: %s changed after it was applied (checksum differs)\n",
+                fprintf(out,
+                        "migrate: warning: %s changed after it was applied (checksum differs)\n",
                         m->name);
             PQclear(r);
             continue;

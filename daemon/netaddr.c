@@ -120,8 +120,7 @@ static int cidr_parse_one(const char *s, size_t len, struct cidr *out)
     }
     out->prefix = (uint8_t)(written_v4 ? bits + 96 : bits);
     /* Clear host bits so that matching is a plain prefix comparison. */
-    for (unsigned i = out->prefix; i < 128; i++)
-        out->net.b[i / 8] &= (uint8_t)~(0x80u >> (i % 8));
+    for (unsigned i = out->prefix; i < 128; i++) out->net.b[i / 8] &= (uint8_t) ~(0x80u >> (i % 8));
     return 0;
 }
 
@@ -147,8 +146,7 @@ int cidr_list_parse(const char *s, struct cidr_list *out, char *err, size_t errl
             out->items = n;
         }
         if (cidr_parse_one(start, (size_t)(p - start), &out->items[out->n]) != 0) {
-            snprintf(err, errlen, "'%.*s' is not an IP address or CIDR", (int)(p - start),
-                     start);
+            snprintf(err, errlen, "'%.*s' is not an IP address or CIDR", (int)(p - start), start);
             cidr_list_free(out);
             return IDV_EPARSE;
         }

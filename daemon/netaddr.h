@@ -41,8 +41,7 @@ int ipaddr_parse(const char *s, size_t len, struct ipaddr *out) IDV_MUSTCHECK;
 void ipaddr_format(const struct ipaddr *a, char *buf, size_t len);
 /* Parses "10.0.0.0/8, ::1/128, 192.0.2.7"; an empty string gives an empty
  * list. On error names the bad item in err. The list owns its array. */
-int cidr_list_parse(const char *s, struct cidr_list *out, char *err,
-                    size_t errlen) IDV_MUSTCHECK;
+int cidr_list_parse(const char *s, struct cidr_list *out, char *err, size_t errlen) IDV_MUSTCHECK;
 /* True when a is inside one of the list's networks. */
 bool cidr_list_contains(const struct cidr_list *l, const struct ipaddr *a);
 /* Frees the list's array; safe on a zeroed list. */

@@ -56,7 +56,10 @@ static void ob_unref(struct outbound *ob)
     if (cb) cb(arg);
 }
 
-static void handle_closed(uv_handle_t *h) { ob_unref(h->data); }
+static void handle_closed(uv_handle_t *h)
+{
+    ob_unref(h->data);
+}
 
 static void sock_closed(uv_handle_t *h)
 {
@@ -251,12 +254,12 @@ static void call_start(struct outbound *ob, struct out_call *c)
 
     char h[600];
     struct curl_slist *hl = NULL;
-#define ADDH(...)                                                                          \
-    do {                                                                                   \
-        snprintf(h, sizeof h, __VA_ARGS__);                                                \
-        struct curl_slist *t_ = curl_slist_append(hl, h);                                  \
-        if (!t_) goto fail_headers;                                                        \
-        hl = t_;                                                                           \
+#define ADDH(...)                                                                                  \
+    do {                                                                                           \
+        snprintf(h, sizeof h, __VA_ARGS__);                                                        \
+        struct curl_slist *t_ = curl_slist_append(hl, h);                                          \
+        if (!t_) goto fail_headers;                                                                \
+        hl = t_;                                                                                   \
     } while (0)
     ADDH("Host: %s", ob->host);
     ADDH("x-acs-action: %s", c->action);

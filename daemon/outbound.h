@@ -17,23 +17,23 @@ struct out_call;
 
 /* Why a call got no usable HTTP answer. */
 enum out_transport {
-    OUT_OK = 0,       /* an HTTP answer arrived (any status) */
-    OUT_TIMEOUT,      /* connect or total deadline passed */
-    OUT_CONNECT,      /* could not connect (refused, unreachable, DNS) */
-    OUT_TLS,          /* handshake or certificate verification failed */
-    OUT_BROKEN,       /* connection closed mid-answer, truncated body */
-    OUT_TOO_BIG,      /* answer larger than the bound */
+    OUT_OK = 0,  /* an HTTP answer arrived (any status) */
+    OUT_TIMEOUT, /* connect or total deadline passed */
+    OUT_CONNECT, /* could not connect (refused, unreachable, DNS) */
+    OUT_TLS,     /* handshake or certificate verification failed */
+    OUT_BROKEN,  /* connection closed mid-answer, truncated body */
+    OUT_TOO_BIG, /* answer larger than the bound */
     OUT_OTHER,
 };
 
 /* The outcome handed to the caller's done callback; valid during the call. */
 struct out_result {
     enum out_transport transport;
-    long http_status;       /* 0 without an HTTP answer */
-    const char *body;       /* NUL-terminated, may be empty */
+    long http_status; /* 0 without an HTTP answer */
+    const char *body; /* NUL-terminated, may be empty */
     size_t body_len;
-    const char *error;      /* curl's description when transport != OUT_OK */
-    bool parsed;            /* reply holds the JSON envelope */
+    const char *error; /* curl's description when transport != OUT_OK */
+    bool parsed;       /* reply holds the JSON envelope */
     struct alibaba_reply reply;
     double seconds;
 };
@@ -43,7 +43,7 @@ typedef void (*out_done_cb)(struct out_call *call, const struct out_result *res)
 /* One call. The caller fills action, params and done, keeps the struct alive
  * until done runs, and may free it inside done. params are copied at submit. */
 struct out_call {
-    const char *action;      /* "Initialize", "CheckResult" */
+    const char *action; /* "Initialize", "CheckResult" */
     const struct kv *params;
     size_t nparams;
     out_done_cb done;
@@ -61,17 +61,17 @@ struct out_call {
 };
 
 struct outbound_opts {
-    const char *endpoint;        /* https://host[:port] */
+    const char *endpoint; /* https://host[:port] */
     const char *access_key_id;
     const char *access_key_secret;
-    const char *ca_file;         /* NULL: the system CAs */
+    const char *ca_file; /* NULL: the system CAs */
     long qps;
     long timeout_ms, connect_timeout_ms;
 };
 
 /* Creates the client; returns 0, IDV_ENOMEM or IDV_EINVAL (bad endpoint). */
-int outbound_new(struct outbound **out, uv_loop_t *loop, const struct outbound_opts *opts)
-    IDV_MUSTCHECK;
+int outbound_new(struct outbound **out, uv_loop_t *loop,
+                 const struct outbound_opts *opts) IDV_MUSTCHECK;
 /* Queues a call; done is never called from inside this function. */
 void outbound_submit(struct outbound *ob, struct out_call *call);
 /* Calls waiting for their turn under the qps bound, and in flight. */

@@ -7,13 +7,13 @@
 
 #include "log.h"
 
-#define PG_MAX_INFLIGHT 512
+#define PG_MAX_INFLIGHT   512
 #define PG_BACKOFF_MIN_MS 100
 #define PG_BACKOFF_MAX_MS 5000
 
 enum pgc_state { PGC_DOWN = 0, PGC_RESOLVING, PGC_CONNECTING, PGC_SETUP, PGC_READY, PGC_CLOSED };
-static const char *const pgc_state_names[] = {"down", "resolving", "connecting", "setup",
-                                              "ready", "closed"};
+static const char *const pgc_state_names[] = {"down",  "resolving", "connecting",
+                                              "setup", "ready",     "closed"};
 
 enum unit_kind { U_USER = 0, U_SESSION, U_VERSION, U_PREPARE };
 
@@ -43,7 +43,7 @@ struct pg_conn {
     uv_timer_t timer; /* back-off while down, deadline while connecting */
     uv_getaddrinfo_t gai;
     bool gai_active;
-    int resolving;    /* index of the host being resolved */
+    int resolving; /* index of the host being resolved */
     char hostaddr[PG_MAX_HOSTS][INET6_ADDRSTRLEN];
     bool addr_ok[PG_MAX_HOSTS]; /* false: the name did not resolve this time */
     /* The entry of the host list where the next attempt starts. It moves past
@@ -55,7 +55,7 @@ struct pg_conn {
     /* libpq's strings for the entry being tried: when PQconnectPoll moves on
      * to another host they change, and the connect deadline starts again. */
     const char *cur_host, *cur_port;
-    bool doomed;      /* on a read-only server: dropped once the current read ends */
+    bool doomed; /* on a read-only server: dropped once the current read ends */
     uint64_t backoff_ms;
     bool announced_down;
     struct pg_unit ring[PG_MAX_INFLIGHT];
@@ -76,8 +76,8 @@ struct pg_pool {
     char *ports[PG_MAX_HOSTS];
     size_t nports;
     size_t nentries;
-    bool resolve;         /* no hostaddr given: host names are resolved here */
-    uint64_t connect_ms;  /* deadline of one host's connect, and of the setup */
+    bool resolve;        /* no hostaddr given: host names are resolved here */
+    uint64_t connect_ms; /* deadline of one host's connect, and of the setup */
     struct pg_conn *conns;
     struct pg_query *qhead, *qtail;
     size_t queued;
@@ -110,12 +110,12 @@ static void set_state(struct pg_conn *c, enum pgc_state to)
 {
     /* Allowed transitions: the connection cycle, and anything to down/closed. */
     static const unsigned char ok[6][6] = {
-        /* from down */       {0, 1, 1, 0, 0, 1},
-        /* from resolving */  {1, 0, 1, 0, 0, 1},
+        /* from down */ {0, 1, 1, 0, 0, 1},
+        /* from resolving */ {1, 0, 1, 0, 0, 1},
         /* from connecting */ {1, 0, 0, 1, 0, 1},
-        /* from setup */      {1, 0, 0, 0, 1, 1},
-        /* from ready */      {1, 0, 0, 0, 0, 1},
-        /* from closed */     {0, 0, 0, 0, 0, 1},
+        /* from setup */ {1, 0, 0, 0, 1, 1},
+        /* from ready */ {1, 0, 0, 0, 0, 1},
+        /* from closed */ {0, 0, 0, 0, 0, 1},
     };
     if (!ok[c->state][to]) {
         log_kv(LOGL_ERROR, "impossible PostgreSQL connection state change", "FROM",
@@ -147,7 +147,10 @@ static void pool_unref(struct pg_pool *pool)
     }
 }
 
-static void handle_closed(uv_handle_t *h) { pool_unref(h->data); }
+static void handle_closed(uv_handle_t *h)
+{
+    pool_unref(h->data);
+}
 
 static void poll_closed(uv_handle_t *h)
 {
@@ -411,8 +414,8 @@ static void setup_step(struct pg_conn *c, uint8_t kind, PGresult *res, int err)
              * that failed does not come back writable on its own), so the
              * first connection up elsewhere marks the switch. */
             pool->failovers++;
-            log_kv(LOGL_WARN, "PostgreSQL primary changed", "DB_OLD_HOST", pool->host,
-                   "DB_HOST", hp, "DB_CONN", idx, NULL);
+            log_kv(LOGL_WARN, "PostgreSQL primary changed", "DB_OLD_HOST", pool->host, "DB_HOST",
+                   hp, "DB_CONN", idx, NULL);
             if (pool->opts.on_primary_change)
                 pool->opts.on_primary_change(pool->opts.primary_arg, pool->host, hp);
         }
@@ -461,8 +464,7 @@ static void conn_read(struct pg_conn *c)
     int nulls = 0;
     /* Bounded by the units in flight: in pipeline mode PQgetResult returns NULL
      * between queries, and forever once nothing is pending. */
-    while (c->count > 0 && (c->state == PGC_SETUP || c->state == PGC_READY) &&
-           !PQisBusy(c->pq)) {
+    while (c->count > 0 && (c->state == PGC_SETUP || c->state == PGC_READY) && !PQisBusy(c->pq)) {
         PGresult *r = PQgetResult(c->pq);
         if (!r) {
             if (++nulls > 1) break;
@@ -479,8 +481,8 @@ static void conn_read(struct pg_conn *c)
             if (c->doomed) break;
             continue;
         }
-        bool is_err = st == PGRES_FATAL_ERROR || st == PGRES_PIPELINE_ABORTED ||
-                      st == PGRES_BAD_RESPONSE;
+        bool is_err =
+            st == PGRES_FATAL_ERROR || st == PGRES_PIPELINE_ABORTED || st == PGRES_BAD_RESPONSE;
         /* 25006 read_only_sql_transaction: this server is no longer (or never
          * was) the primary. The unit gets the error (it did not commit), and the
          * connection goes once the unit is answered. */
@@ -653,7 +655,7 @@ static void conn_start_pq(struct pg_conn *c)
     size_t n = pool->nentries;
     bool port_list = n > 1 && pool->nports == n;
     char hostlist[PG_MAX_HOSTS * 256] = "", addrlist[PG_MAX_HOSTS * (INET6_ADDRSTRLEN + 1)] = "",
-         portlist[PG_MAX_HOSTS * 16] = "";
+                                 portlist[PG_MAX_HOSTS * 16] = "";
     c->norder = 0;
     for (size_t i = 0; i < n; i++) {
         size_t k = (i + c->start) % n;
@@ -735,8 +737,8 @@ static void gai_cb(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
                  uv_strerror(status));
         log_kv(LOGL_WARN, "PostgreSQL host name not resolved", "REASON", why, NULL);
     } else {
-        c->addr_ok[c->resolving] = uv_ip_name(res->ai_addr, c->hostaddr[c->resolving],
-                                              INET6_ADDRSTRLEN) == 0;
+        c->addr_ok[c->resolving] =
+            uv_ip_name(res->ai_addr, c->hostaddr[c->resolving], INET6_ADDRSTRLEN) == 0;
         uv_freeaddrinfo(res);
     }
     c->resolving++;
@@ -847,7 +849,10 @@ static void pool_dispatch(struct pg_pool *pool)
     pool->in_dispatch = false;
 }
 
-void pg_pool_kick(struct pg_pool *pool) { pool_dispatch(pool); }
+void pg_pool_kick(struct pg_pool *pool)
+{
+    pool_dispatch(pool);
+}
 
 void pg_pool_submit(struct pg_pool *pool, struct pg_query *q)
 {

@@ -43,12 +43,12 @@ typedef void (*pg_done_cb)(struct pg_query *q, PGresult *res, int err);
 /* One statement to run, owned by the caller until done is called. values etc.
  * are read only while submitting; they may be freed once sent. */
 struct pg_query {
-    const char *stmt;           /* name of a statement prepared by the pool */
+    const char *stmt; /* name of a statement prepared by the pool */
     int nparams;
-    const char *const *values;  /* text-format parameters */
-    uint64_t deadline;          /* uv_now() time; 0: now + the pool's timeout */
+    const char *const *values; /* text-format parameters */
+    uint64_t deadline;         /* uv_now() time; 0: now + the pool's timeout */
     pg_done_cb done;
-    void *data;                 /* for the caller */
+    void *data; /* for the caller */
     /* internal */
     struct pg_query *next;
 };
@@ -60,13 +60,13 @@ struct pg_stmt {
 };
 
 struct pg_pool_opts {
-    const char *conninfo;       /* libpq string or URI */
-    int size;                   /* connections */
-    uint64_t timeout_ms;        /* default query deadline; also connect deadline */
-    int schema_version;         /* migrations this binary needs */
+    const char *conninfo; /* libpq string or URI */
+    int size;             /* connections */
+    uint64_t timeout_ms;  /* default query deadline; also connect deadline */
+    int schema_version;   /* migrations this binary needs */
     const struct pg_stmt *stmts;
     size_t nstmts;
-    size_t max_queue;           /* queued queries beyond this fail at once */
+    size_t max_queue; /* queued queries beyond this fail at once */
     const char *application_name;
     /* Called (may be NULL) when a connection comes up on another host:port
      * than the one the pool wrote to before: a failover. Strings are valid
@@ -81,13 +81,13 @@ struct pg_pool_stats {
     size_t queued;
     uint64_t reconnects, failures, timeouts, lost, failovers;
     bool schema_ok;
-    char host[160];             /* host:port of the primary the last connection came up on */
+    char host[160]; /* host:port of the primary the last connection came up on */
 };
 
 /* Creates the pool (no connection yet). Returns 0, IDV_ENOMEM or IDV_EINVAL
  * (conninfo cannot be parsed). */
-int pg_pool_new(struct pg_pool **out, uv_loop_t *loop, const struct pg_pool_opts *opts)
-    IDV_MUSTCHECK;
+int pg_pool_new(struct pg_pool **out, uv_loop_t *loop,
+                const struct pg_pool_opts *opts) IDV_MUSTCHECK;
 /* Starts connecting every connection. */
 void pg_pool_start(struct pg_pool *pool);
 /* Queues a query; the result arrives through q->done, never synchronously. */

@@ -8,8 +8,8 @@
 /* The PROXY protocol header (HAProxy, versions 1 and 2) that a trusted load
  * balancer sends before the HTTP request. Pure: no I/O. */
 
-#define PROXY_V1_MAX 107         /* the longest v1 line, CRLF included */
-#define PROXY_V2_MAX (16 + 512)  /* the largest v2 header accepted (TLVs skipped) */
+#define PROXY_V1_MAX 107        /* the longest v1 line, CRLF included */
+#define PROXY_V2_MAX (16 + 512) /* the largest v2 header accepted (TLVs skipped) */
 
 enum proxy_result {
     PROXY_NEED_MORE = 0, /* not enough bytes yet (and none invalid so far) */
@@ -18,7 +18,7 @@ enum proxy_result {
 };
 
 struct proxy_info {
-    bool has_addr;       /* false for LOCAL (v2) and UNKNOWN (v1): keep the peer */
+    bool has_addr; /* false for LOCAL (v2) and UNKNOWN (v1): keep the peer */
     struct ipaddr src;
     uint16_t src_port;
 };

@@ -5,16 +5,16 @@
 
 #include "crypto.h"
 
-#define CB_TXID_MAX 128
+#define CB_TXID_MAX    128
 #define CB_SUBCODE_MAX 16
-#define CB_TOKEN_MIN 16
-#define CB_TOKEN_MAX 256
+#define CB_TOKEN_MIN   16
+#define CB_TOKEN_MAX   256
 
 /* What the callback's query string says. */
 enum cb_verdict {
-    CB_PROBE = 0,  /* none of the four parameters: a reachability probe */
-    CB_VALID,      /* all four present and well-formed */
-    CB_MALFORMED,  /* anything else */
+    CB_PROBE = 0, /* none of the four parameters: a reachability probe */
+    CB_VALID,     /* all four present and well-formed */
+    CB_MALFORMED, /* anything else */
 };
 
 /* The parsed parameters. Fields that were present and well-formed are kept even

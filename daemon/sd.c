@@ -30,9 +30,15 @@ void sd_glue_status(const char *fmt, ...)
     sd_notify(0, msg);
 }
 
-void sd_glue_stopping(void) { sd_notify(0, "STOPPING=1\nSTATUS=draining connections"); }
+void sd_glue_stopping(void)
+{
+    sd_notify(0, "STOPPING=1\nSTATUS=draining connections");
+}
 
-void sd_glue_reloading(void) { sd_notify(0, "RELOADING=1\nSTATUS=reloading configuration"); }
+void sd_glue_reloading(void)
+{
+    sd_notify(0, "RELOADING=1\nSTATUS=reloading configuration");
+}
 
 static void watchdog_cb(uv_timer_t *t)
 {

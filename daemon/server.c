@@ -10,12 +10,12 @@
 #include "proxy.h"
 #include "tls.h"
 
-#define BUF_SIZE 32768      /* holds the largest head the limits allow */
-#define BUF_CACHE_MAX 128   /* spare buffers kept for reuse */
-#define LINGER_MS 2000      /* reading and discarding after a closing answer */
+#define BUF_SIZE         32768 /* holds the largest head the limits allow */
+#define BUF_CACHE_MAX    128   /* spare buffers kept for reuse */
+#define LINGER_MS        2000  /* reading and discarding after a closing answer */
 #define LINGER_MAX_BYTES 65536
-#define RESPONSE_INLINE 4096
-#define CIPHER_BUF 65536    /* ciphertext read from TLS sockets: one shared buffer */
+#define RESPONSE_INLINE  4096
+#define CIPHER_BUF       65536 /* ciphertext read from TLS sockets: one shared buffer */
 
 enum conn_state {
     CS_READING = 0, /* waiting for (more of) a request */
@@ -44,7 +44,7 @@ struct conn {
     uint8_t tlist;
     uint8_t state;
     bool reading;
-    bool closing;       /* uv_close() called */
+    bool closing; /* uv_close() called */
     bool close_after;
     bool handle_closed; /* uv_close() finished; waiting for the handler */
     bool processing;    /* inside conn_process() */
@@ -59,7 +59,7 @@ struct conn {
     struct ipaddr peer;
     struct ipaddr client;
     struct tls_conn *tls; /* NULL on plain connections */
-    uint64_t started; /* uv_hrtime() when the head was complete */
+    uint64_t started;     /* uv_hrtime() when the head was complete */
     const char *note_outcome;
     const char *note_tx;
     struct http_parser hp;
@@ -529,7 +529,10 @@ static void after_response(struct conn *c)
     if (!c->processing) conn_process(c);
 }
 
-static const char *method_name(uint8_t m) { return llhttp_method_name((llhttp_method_t)m); }
+static const char *method_name(uint8_t m)
+{
+    return llhttp_method_name((llhttp_method_t)m);
+}
 
 static void log_request(struct conn *c, int status)
 {
@@ -552,9 +555,9 @@ static void log_request(struct conn *c, int status)
     if (c->buf && plen) memcpy(path, c->buf + r->path.off, plen);
     path[c->buf ? plen : 0] = '\0';
     log_kv(LOGL_INFO, "request", "LISTENER", c->lis->kind == ML_PUBLIC ? "public" : "admin",
-           "CONN_ID", id, "PEER", peer, "CLIENT_IP", client, "METHOD", c->hp.head_done ? method_name(r->method) : "-",
-           "PATH", path, "STATUS", st, "DURATION_MS", ms, "OUTCOME", c->note_outcome,
-           "TRANSACTION_ID", c->note_tx, NULL);
+           "CONN_ID", id, "PEER", peer, "CLIENT_IP", client, "METHOD",
+           c->hp.head_done ? method_name(r->method) : "-", "PATH", path, "STATUS", st,
+           "DURATION_MS", ms, "OUTCOME", c->note_outcome, "TRANSACTION_ID", c->note_tx, NULL);
 }
 
 void conn_note(struct conn *c, const char *outcome, const char *transaction_id)
@@ -563,8 +566,14 @@ void conn_note(struct conn *c, const char *outcome, const char *transaction_id)
     c->note_tx = transaction_id;
 }
 
-bool conn_is_head(const struct conn *c) { return c->hp.req.method == HTTP_HEAD; }
-bool conn_server_draining(const struct conn *c) { return c->lis->srv->draining; }
+bool conn_is_head(const struct conn *c)
+{
+    return c->hp.req.method == HTTP_HEAD;
+}
+bool conn_server_draining(const struct conn *c)
+{
+    return c->lis->srv->draining;
+}
 
 void conn_respond(struct conn *c, int status, const char *ctype, const char *extra,
                   const char *body, size_t body_len, bool close)
@@ -609,8 +618,8 @@ static void conn_framing_error(struct conn *c, int status, const char *reason)
     char id[16], peer[IPADDR_STRLEN];
     snprintf(id, sizeof id, "%u", c->id);
     ipaddr_format(&c->peer, peer, sizeof peer);
-    log_kv(LOGL_INFO, "request refused by the HTTP parser", "CONN_ID", id, "PEER", peer,
-           "REASON", reason, NULL);
+    log_kv(LOGL_INFO, "request refused by the HTTP parser", "CONN_ID", id, "PEER", peer, "REASON",
+           reason, NULL);
     c->started = uv_hrtime();
     c->state = CS_HANDLING;
     conn_read_stop(c);
@@ -758,8 +767,8 @@ static void on_connection(uv_stream_t *ls, int status)
     conn_read_start(c);
 }
 
-static int listener_open(struct server *srv, struct listener *l, const struct netaddr *addr,
-                         int fd, char *err, size_t errlen)
+static int listener_open(struct server *srv, struct listener *l, const struct netaddr *addr, int fd,
+                         char *err, size_t errlen)
 {
     uv_tcp_init(srv->loop, &l->tcp);
     l->srv = srv;
@@ -823,7 +832,7 @@ int server_new(struct server **out, uv_loop_t *loop, const struct server_opts *o
     srv->timer.data = srv;
     srv->open_handles = 1;
     uint64_t shortest = opts->header_timeout_ms < opts->idle_timeout_ms ? opts->header_timeout_ms
-                                                                       : opts->idle_timeout_ms;
+                                                                        : opts->idle_timeout_ms;
     uint64_t period = shortest / 8;
     if (period < 5) period = 5;
     if (period > 100) period = 100;
@@ -835,11 +844,11 @@ int server_new(struct server **out, uv_loop_t *loop, const struct server_opts *o
     srv->lis[ML_ADMIN].kind = ML_ADMIN;
     srv->lis[ML_ADMIN].rules = admin_rules;
     srv->lis[ML_ADMIN].handler = opts->admin_handler;
-    int rc = listener_open(srv, &srv->lis[ML_PUBLIC], &opts->public_addr, opts->public_fd, err,
-                           errlen);
+    int rc =
+        listener_open(srv, &srv->lis[ML_PUBLIC], &opts->public_addr, opts->public_fd, err, errlen);
     if (!rc)
-        rc = listener_open(srv, &srv->lis[ML_ADMIN], &opts->admin_addr, opts->admin_fd, err,
-                           errlen);
+        rc =
+            listener_open(srv, &srv->lis[ML_ADMIN], &opts->admin_addr, opts->admin_fd, err, errlen);
     if (rc) {
         *out = NULL;
         server_close(srv, NULL, NULL);
@@ -854,7 +863,10 @@ void server_set_trusted(struct server *srv, const struct cidr_list *trusted)
     srv->opts.trusted = trusted;
 }
 
-unsigned server_open_connections(const struct server *srv) { return srv->open; }
+unsigned server_open_connections(const struct server *srv)
+{
+    return srv->open;
+}
 
 void server_set_tls_ctx(struct server *srv, SSL_CTX *ctx)
 {

@@ -33,13 +33,13 @@ typedef bool (*refused_handler)(void *ctx, struct conn *c, const struct http_req
 
 struct server_opts {
     struct netaddr public_addr, admin_addr;
-    int public_fd, admin_fd;   /* inherited sockets (systemd), or -1 */
+    int public_fd, admin_fd; /* inherited sockets (systemd), or -1 */
     uint64_t header_timeout_ms, idle_timeout_ms;
     unsigned max_connections;
     unsigned max_requests_per_connection;
     const struct cidr_list *trusted; /* whose X-Forwarded-For / PROXY header is believed */
-    bool proxy_protocol;       /* public listener: trusted peers send a PROXY header first */
-    SSL_CTX *tls_ctx;          /* public listener speaks TLS when set (a reference is taken) */
+    bool proxy_protocol;             /* public listener: trusted peers send a PROXY header first */
+    SSL_CTX *tls_ctx; /* public listener speaks TLS when set (a reference is taken) */
     request_handler public_handler, admin_handler;
     refused_handler public_refused; /* may be NULL */
     void *ctx;

@@ -8,10 +8,10 @@
 #include "log.h"
 #include "strbuf.h"
 
-#define STORE_BATCH_MAX 256
-#define STORE_MAX_PENDING 20000
+#define STORE_BATCH_MAX         256
+#define STORE_MAX_PENDING       20000
 #define STORE_AUDIT_MAX_PENDING 10000
-#define STORE_AUDIT_BATCH_MAX 512
+#define STORE_AUDIT_BATCH_MAX   512
 /* A callback batch in flight for longer than this (waiting on a lock, a
  * stalled server) stops holding one of the store's batch slots, so that it
  * cannot hold up every other callback until its deadline. */
@@ -51,15 +51,15 @@ struct store {
     uint64_t timeout_ms;
     struct cb_job *head, *tail; /* waiting for a connection, in deadline order */
     size_t pending;
-    struct cb_job *refused;     /* over the bound: answered UNAVAILABLE next turn */
+    struct cb_job *refused; /* over the bound: answered UNAVAILABLE next turn */
     bool closing;
     struct audit_row *ahead, *atail;
     size_t apending;
-    bool audit_inflight; /* one audit batch at a time (see on_pool_idle) */
-    struct batch *inflight;    /* callback batches sent and not answered */
-    unsigned max_batches;      /* how many young ones may be in flight at once */
-    uv_check_t check; /* end of each loop turn: send what the turn gathered */
-    uv_timer_t tick;  /* deadlines of callbacks still waiting for a connection */
+    bool audit_inflight;    /* one audit batch at a time (see on_pool_idle) */
+    struct batch *inflight; /* callback batches sent and not answered */
+    unsigned max_batches;   /* how many young ones may be in flight at once */
+    uv_check_t check;       /* end of each loop turn: send what the turn gathered */
+    uv_timer_t tick;        /* deadlines of callbacks still waiting for a connection */
     int open_handles;
     void (*close_cb)(void *);
     void *close_arg;
@@ -162,8 +162,8 @@ static void batch_done(struct pg_query *q, PGresult *res, int err)
         return;
     }
     if (err == IDV_EDB || (err == 0)) {
-        log_kv(LOGL_ERROR, "recording a callback failed", "SQLSTATE", pg_sqlstate(res),
-               "DB_ERROR", res ? PQresultErrorMessage(res) : "unexpected result shape", NULL);
+        log_kv(LOGL_ERROR, "recording a callback failed", "SQLSTATE", pg_sqlstate(res), "DB_ERROR",
+               res ? PQresultErrorMessage(res) : "unexpected result shape", NULL);
     }
     if (res) PQclear(res);
     /* Lost, timed out or refused: the commit is not confirmed. */

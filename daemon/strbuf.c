@@ -28,7 +28,10 @@ void strbuf_add(struct strbuf *b, const char *s, size_t n)
     b->p[b->len] = '\0';
 }
 
-void strbuf_adds(struct strbuf *b, const char *s) { strbuf_add(b, s, strlen(s)); }
+void strbuf_adds(struct strbuf *b, const char *s)
+{
+    strbuf_add(b, s, strlen(s));
+}
 
 void strbuf_printf(struct strbuf *b, const char *fmt, ...)
 {

@@ -28,10 +28,10 @@ SSL_CTX *tls_ctx_new(const char *cert_file, const char *key_file, char *err, siz
     /* Idle connections keep no read/write buffers. */
     SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
     /* TLS 1.2: ECDHE with AEAD only. TLS 1.3 suites are all AEAD. */
-    if (SSL_CTX_set_cipher_list(ctx, "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
-                                     "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
-                                     "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305") !=
-            1 ||
+    if (SSL_CTX_set_cipher_list(ctx,
+                                "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+                                "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+                                "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305") != 1 ||
         SSL_CTX_set_ciphersuites(ctx, "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:"
                                       "TLS_CHACHA20_POLY1305_SHA256") != 1) {
         ssl_err(err, errlen, "cipher configuration", NULL);
@@ -132,7 +132,10 @@ void tls_shutdown(struct tls_conn *t)
     ERR_clear_error();
 }
 
-size_t tls_pending_out(const struct tls_conn *t) { return BIO_ctrl_pending(t->wbio); }
+size_t tls_pending_out(const struct tls_conn *t)
+{
+    return BIO_ctrl_pending(t->wbio);
+}
 
 size_t tls_take_out(struct tls_conn *t, char *out, size_t cap)
 {

@@ -23,9 +23,9 @@ struct tls_conn {
 };
 
 enum tls_io {
-    TLS_IO_OK = 0,   /* progress (plaintext may be 0 bytes) */
-    TLS_IO_CLOSED,   /* the peer sent close_notify */
-    TLS_IO_ERROR,    /* handshake or record error: close the connection */
+    TLS_IO_OK = 0, /* progress (plaintext may be 0 bytes) */
+    TLS_IO_CLOSED, /* the peer sent close_notify */
+    TLS_IO_ERROR,  /* handshake or record error: close the connection */
 };
 
 /* Prepares a server-side connection. Returns 0 or IDV_ENOMEM. */

@@ -43,13 +43,13 @@
 #include <time.h>
 #include <unistd.h>
 
-#define RBUF 2048       /* answers of the benchmark are a few hundred bytes */
-#define WBUF 1024       /* request line and Host header */
-#define MAX_LABELS 16
-#define SUB_BITS 7
-#define SUB_COUNT (1u << SUB_BITS)
+#define RBUF         2048 /* answers of the benchmark are a few hundred bytes */
+#define WBUF         1024 /* request line and Host header */
+#define MAX_LABELS   16
+#define SUB_BITS     7
+#define SUB_COUNT    (1u << SUB_BITS)
 #define HIST_BUCKETS (SUB_COUNT + 40u * SUB_COUNT)
-#define TIMER_TAG UINT64_MAX
+#define TIMER_TAG    UINT64_MAX
 
 /* ---- histogram ------------------------------------------------------------ */
 
@@ -110,15 +110,15 @@ enum cstate { C_CLOSED = 0, C_CONNECTING, C_IDLE, C_BUSY };
 struct lconn {
     int fd;
     enum cstate st;
-    uint64_t sent_at;  /* when the request was written */
-    uint64_t due;      /* when it was due (open loop), else sent_at */
+    uint64_t sent_at; /* when the request was written */
+    uint64_t due;     /* when it was due (open loop), else sent_at */
     char w[WBUF];
     size_t wlen, woff;
     char r[RBUF];
     size_t rlen;
     unsigned idle_next; /* free stack link */
     bool in_stack;
-    bool in_window;     /* the request started inside the measured window */
+    bool in_window; /* the request started inside the measured window */
 };
 
 struct opts {
@@ -131,8 +131,12 @@ struct opts {
     uint64_t seed;
 };
 
-static struct opts O = {.host = "127.0.0.1", .conns = 64, .duration = 10, .ramp = 64,
-                        .hold = 5, .seed = 0x9e3779b97f4a7c15ull};
+static struct opts O = {.host = "127.0.0.1",
+                        .conns = 64,
+                        .duration = 10,
+                        .ramp = 64,
+                        .hold = 5,
+                        .seed = 0x9e3779b97f4a7c15ull};
 static char **urls;
 static size_t nurls;
 static size_t next_url;
@@ -421,8 +425,8 @@ static int parse_answers(unsigned i, uint64_t now)
 
 /* ---- scheduling ----------------------------------------------------------- */
 
-static uint64_t next_due;     /* open loop: when the next request is due */
-static uint64_t interval_ns;  /* mean spacing */
+static uint64_t next_due;    /* open loop: when the next request is due */
+static uint64_t interval_ns; /* mean spacing */
 
 static void schedule_advance(void)
 {
@@ -590,14 +594,23 @@ static bool window_over(void)
 }
 
 static uint64_t drain_deadline;
-static bool drained(void) { return n_busy == 0 || now_ns() >= drain_deadline || stop_flag; }
+static bool drained(void)
+{
+    return n_busy == 0 || now_ns() >= drain_deadline || stop_flag;
+}
 
 static uint64_t hold_until;
-static bool hold_over(void) { return stop_flag || now_ns() >= hold_until; }
+static bool hold_over(void)
+{
+    return stop_flag || now_ns() >= hold_until;
+}
 
 /* ---- output --------------------------------------------------------------- */
 
-static double ms(uint64_t ns) { return (double)ns / 1e6; }
+static double ms(uint64_t ns)
+{
+    return (double)ns / 1e6;
+}
 
 static void write_spectrum(const char *path)
 {
@@ -638,38 +651,44 @@ static void print_summary(double window_s, const char *mode)
            (unsigned long long)closed_while_idle);
     printf("\"open_at_end\":%u,", n_open);
     if (O.rate > 0)
-        printf("\"send_lag_ms\":{\"p50\":%.4f,\"p99\":%.4f,\"max\":%.4f},",
-               ms(hist_pct(&LAG, 50)), ms(hist_pct(&LAG, 99)), ms(LAG.max));
+        printf("\"send_lag_ms\":{\"p50\":%.4f,\"p99\":%.4f,\"max\":%.4f},", ms(hist_pct(&LAG, 50)),
+               ms(hist_pct(&LAG, 99)), ms(LAG.max));
     printf("\"latency_ms\":{\"p50\":%.4f,\"p90\":%.4f,\"p99\":%.4f,\"p999\":%.4f,"
            "\"max\":%.4f,\"mean\":%.4f,\"count\":%llu}}\n",
-           ms(hist_pct(&H, 50)), ms(hist_pct(&H, 90)), ms(hist_pct(&H, 99)),
-           ms(hist_pct(&H, 99.9)), ms(H.max), H.total ? H.sum / (double)H.total / 1e6 : 0.0,
-           (unsigned long long)H.total);
+           ms(hist_pct(&H, 50)), ms(hist_pct(&H, 90)), ms(hist_pct(&H, 99)), ms(hist_pct(&H, 99.9)),
+           ms(H.max), H.total ? H.sum / (double)H.total / 1e6 : 0.0, (unsigned long long)H.total);
     fflush(stdout);
 }
 
 static void usage(void)
 {
-    fprintf(stderr,
-            "usage: loadgen --port P --urls FILE [--host 127.0.0.1] [--connections N]\n"
-            "               [--duration S] [--once] [--rate R [--uniform]] [--seed N]\n"
-            "               [--spectrum FILE] [--host-header H]\n"
-            "       loadgen --port P --urls FILE --idle N [--ramp K] [--hold S]\n"
-            "               [--ready-file PATH]\n");
+    fprintf(stderr, "usage: loadgen --port P --urls FILE [--host 127.0.0.1] [--connections N]\n"
+                    "               [--duration S] [--once] [--rate R [--uniform]] [--seed N]\n"
+                    "               [--spectrum FILE] [--host-header H]\n"
+                    "       loadgen --port P --urls FILE --idle N [--ramp K] [--hold S]\n"
+                    "               [--ready-file PATH]\n");
     exit(2);
 }
 
 int main(int argc, char **argv)
 {
     static const struct option lo[] = {
-        {"host", required_argument, NULL, 'h'},     {"port", required_argument, NULL, 'p'},
-        {"urls", required_argument, NULL, 'u'},     {"connections", required_argument, NULL, 'c'},
-        {"duration", required_argument, NULL, 'd'}, {"rate", required_argument, NULL, 'r'},
-        {"once", no_argument, NULL, 'o'},           {"uniform", no_argument, NULL, 'U'},
-        {"idle", required_argument, NULL, 'i'},     {"ramp", required_argument, NULL, 'R'},
-        {"hold", required_argument, NULL, 'H'},     {"ready-file", required_argument, NULL, 'f'},
-        {"spectrum", required_argument, NULL, 's'}, {"seed", required_argument, NULL, 'S'},
-        {"host-header", required_argument, NULL, 'a'}, {NULL, 0, NULL, 0},
+        {"host", required_argument, NULL, 'h'},
+        {"port", required_argument, NULL, 'p'},
+        {"urls", required_argument, NULL, 'u'},
+        {"connections", required_argument, NULL, 'c'},
+        {"duration", required_argument, NULL, 'd'},
+        {"rate", required_argument, NULL, 'r'},
+        {"once", no_argument, NULL, 'o'},
+        {"uniform", no_argument, NULL, 'U'},
+        {"idle", required_argument, NULL, 'i'},
+        {"ramp", required_argument, NULL, 'R'},
+        {"hold", required_argument, NULL, 'H'},
+        {"ready-file", required_argument, NULL, 'f'},
+        {"spectrum", required_argument, NULL, 's'},
+        {"seed", required_argument, NULL, 'S'},
+        {"host-header", required_argument, NULL, 'a'},
+        {NULL, 0, NULL, 0},
     };
     int ch;
     while ((ch = getopt_long(argc, argv, "", lo, NULL)) != -1) {
@@ -784,12 +803,14 @@ int main(int argc, char **argv)
             unsent++;
             schedule_advance();
         }
-        if (unsent) fprintf(stderr, "loadgen: %llu requests due but never sent\n",
-                            (unsigned long long)unsent);
+        if (unsent)
+            fprintf(stderr, "loadgen: %llu requests due but never sent\n",
+                    (unsigned long long)unsent);
     }
     double window = (double)((stop < t_end ? stop : t_end) - t0) / 1e9;
     if (urls_exhausted) window = (double)(stop - t0) / 1e9;
-    if (urls_exhausted && completed_in_window < completed_total) completed_in_window = completed_total;
+    if (urls_exhausted && completed_in_window < completed_total)
+        completed_in_window = completed_total;
     if (O.spectrum) write_spectrum(O.spectrum);
     print_summary(window, O.rate > 0 ? "open" : "closed");
     return err_parse ? 1 : 0;

@@ -20,7 +20,8 @@ static void known_answer(void)
         {"ImageId", "win2019_1809_x64_dtc_zh-cn_40G_alibase_20230811.vhd"},
     };
     char *q = alibaba_canonical_query(params, 2);
-    CHECK_STR(q, "ImageId=win2019_1809_x64_dtc_zh-cn_40G_alibase_20230811.vhd&RegionId=cn-shanghai");
+    CHECK_STR(q,
+              "ImageId=win2019_1809_x64_dtc_zh-cn_40G_alibase_20230811.vhd&RegionId=cn-shanghai");
     char sig[SHA256_HEX_LEN + 1], sh[128];
     CHECK_INT(alibaba_signature("YourAccessKeySecret", "POST", "/", q, headers, 6,
                                 "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
@@ -98,8 +99,9 @@ static void canonical_query_json_metainfo(void)
         {"MerchantBizId", "biz1"},
     };
     char *q = alibaba_canonical_query(p, 3);
-    CHECK_STR(q, "MerchantBizId=biz1&MetaInfo=%7B%22zimVer%22%3A%223.0.0%22%2C%22deviceType%22%3A"
-                 "%22h5%22%2C%22ua%22%3A%22Mozilla%2F5.0%20%28X11%29%22%7D&ProductCode=FACE_LIVENESS");
+    CHECK_STR(q,
+              "MerchantBizId=biz1&MetaInfo=%7B%22zimVer%22%3A%223.0.0%22%2C%22deviceType%22%3A"
+              "%22h5%22%2C%22ua%22%3A%22Mozilla%2F5.0%20%28X11%29%22%7D&ProductCode=FACE_LIVENESS");
     free(q);
 }
 
@@ -187,7 +189,10 @@ static void reply_parse(void)
     CHECK_INT(alibaba_reply_parse("{\"Message\":\"no code\"}", 21, &r), IDV_EPARSE);
 }
 
-#define TEST(name) {#name, name}
+#define TEST(name)                                                                                 \
+    {                                                                                              \
+#name, name                                                                                \
+    }
 static const struct test_case cases[] = {
     TEST(known_answer),
     TEST(sign_matches_known_answer),
@@ -202,4 +207,7 @@ static const struct test_case cases[] = {
     TEST(reply_parse),
 };
 
-int main(int argc, char **argv) { return test_main(argc, argv, cases, sizeof cases / sizeof cases[0]); }
+int main(int argc, char **argv)
+{
+    return test_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
+}

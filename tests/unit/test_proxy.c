@@ -56,8 +56,7 @@ static void v1_incomplete(void)
     const char h[] = "PROXY TCP4 192.0.2.10 10.0.0.1 5555 80\r\n";
     struct proxy_info pi;
     size_t used;
-    for (size_t n = 0; n < sizeof h - 1; n++)
-        CHECK_INT(parse(h, n, &pi, &used), PROXY_NEED_MORE);
+    for (size_t n = 0; n < sizeof h - 1; n++) CHECK_INT(parse(h, n, &pi, &used), PROXY_NEED_MORE);
 }
 
 static void v1_malformed(void)
@@ -70,8 +69,8 @@ static void v1_malformed(void)
         "PROXY TCP4 192.0.2.10 10.0.0.1 65536 80\r\n",      /* port range */
         "PROXY TCP4 192.0.2.10 10.0.0.1 0555 80\r\n",       /* leading zero */
         "PROXY UDP4 192.0.2.10 10.0.0.1 5555 80\r\n",
-        "PROXY TCP4 192.0.2.10 10.0.0.1 5555 80\n",         /* LF without CR */
-        "PROXY TCP4 192.0.2.10 10.0.0.1 5555 80\rX",        /* CR without LF */
+        "PROXY TCP4 192.0.2.10 10.0.0.1 5555 80\n",  /* LF without CR */
+        "PROXY TCP4 192.0.2.10 10.0.0.1 5555 80\rX", /* CR without LF */
         "GET / HTTP/1.1\r\n",
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
@@ -113,8 +112,23 @@ static size_t v2(uint8_t *out, uint8_t cmd, uint8_t fam, const uint8_t *addr, ui
 
 static void v2_tcp4_with_tlv(void)
 {
-    uint8_t a[12 + 5] = {192, 0, 2, 33, 10, 0, 0, 1, 0x15, 0xB3, 0, 80,
-                         /* a TLV, skipped */ 0x04, 0, 2, 'h', 'i'};
+    uint8_t a[12 + 5] = {192,
+                         0,
+                         2,
+                         33,
+                         10,
+                         0,
+                         0,
+                         1,
+                         0x15,
+                         0xB3,
+                         0,
+                         80,
+                         /* a TLV, skipped */ 0x04,
+                         0,
+                         2,
+                         'h',
+                         'i'};
     uint8_t buf[64];
     size_t n = v2(buf, 0x21, 0x11, a, sizeof a);
     struct proxy_info pi;
@@ -175,4 +189,7 @@ static const struct test_case cases[] = {
 };
 /* clang-format on */
 
-int main(int argc, char **argv) { return test_main(argc, argv, cases, sizeof cases / sizeof cases[0]); }
+int main(int argc, char **argv)
+{
+    return test_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
+}
