@@ -294,14 +294,30 @@ def case_primary_turned_read_only(ctx):
     server (/readyz 503); once the server is writable again the service comes
     back on its own."""
     pg = ctx.pg("pg")
-    txs = idvtest.register_bulk(pg, 3, prefix="r", salt=new_salt("ro"))
+    salt = new_salt("ro")
+    txs = idvtest.register_bulk(pg, 3, prefix="r", salt=salt)
+    spare = idvtest.register_bulk(pg, 200, prefix="w", salt=salt, start=1000)
     d = ctx.daemon(pg, name="idv")
     accepted_on(d, pg, txs[0][0], txs[0][1], "before read-only")
     pg.psql("ALTER SYSTEM SET default_transaction_read_only = on")
     pg.psql("SELECT pg_reload_conf()")
-    # Sessions pick the setting up at their next transaction: the first
-    # callback meets 25006 on its connection; the pool then finds the same at
-    # every reconnection.
+    # pg_reload_conf() only asks the postmaster to signal the backends, which
+    # take the setting at their next command: until the first 503, a callback
+    # may still commit (rightly: the server was writable for it). Spare
+    # transactions are sent until then; the signal has reached every backend
+    # by the time that answer comes back.
+    spare_answers = []
+    def first_refusal():
+        t, k = spare.pop(0)
+        st, body, _, _ = d.callback(t, "Y", "200", k)
+        spare_answers.append((st, (body or {}).get("result")))
+        return st == 503
+    wait_until(first_refusal, 30, what="a 503 once the server is read-only")
+    for st, result in spare_answers:
+        check((st, result) in ((200, "accepted"), (503, "unavailable")),
+              f"answers while the setting spreads: {spare_answers}")
+    # From now on the callback that meets 25006 gets 503 on its connection,
+    # and the pool finds the same at every reconnection.
     tx, token = txs[1]
     answers = []
     def refused():
