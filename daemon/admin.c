@@ -263,6 +263,7 @@ static void handle_metrics(struct app *app, struct conn *c)
         .db_failures = ps.failures,
         .db_timeouts = ps.timeouts,
         .db_lost = ps.lost,
+        .db_failovers = ps.failovers,
         .db_host = ps.host,
         .draining = app->draining,
         .queue_depth = -1,

@@ -313,14 +313,7 @@ static int validate(struct config *cfg, bool required, const char *base_dir, cha
             PQfreemem(perr);
             return IDV_ECONFIG;
         }
-        const char *v[3] = {getenv("PGHOST"), getenv("PGHOSTADDR"), getenv("PGPORT")};
-        for (PQconninfoOption *x = o; x->keyword; x++) {
-            if (!x->val) continue;
-            if (!strcmp(x->keyword, "host")) v[0] = x->val;
-            if (!strcmp(x->keyword, "hostaddr")) v[1] = x->val;
-            if (!strcmp(x->keyword, "port")) v[2] = x->val;
-        }
-        const char *problem = pg_conninfo_hosts_problem(v[0], v[1], v[2]);
+        const char *problem = pg_conninfo_hosts_problem(o);
         if (problem) set_err(err, errlen, "database_url: %s", problem);
         PQconninfoFree(o);
         if (problem) return IDV_ECONFIG;

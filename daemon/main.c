@@ -19,7 +19,6 @@
 #include "confirm.h"
 #include "initialize.h"
 #include "log.h"
-#include "metrics.h"
 #include "migrate.h"
 #include "outbound.h"
 #include "sd.h"
@@ -212,15 +211,6 @@ static void on_reload(uv_signal_t *s, int signum)
     sd_glue_ready("serving; configuration reloaded");
 }
 
-/* The pool logs the switch (old and new host at warn); metrics count it. */
-static void on_primary_change(void *arg, const char *old_host, const char *new_host)
-{
-    (void)arg;
-    (void)old_host;
-    (void)new_host;
-    g_metrics.failovers++;
-}
-
 static int cmd_serve(const char *config_path)
 {
     static struct daemon d; /* lives as long as the loop */
@@ -260,7 +250,6 @@ static int cmd_serve(const char *config_path)
         .nstmts = nstmts,
         .max_queue = 10000,
         .application_name = "idv-callbackd",
-        .on_primary_change = on_primary_change,
     };
     if (pg_pool_new(&app->pool, loop, &po) != 0) {
         fprintf(stderr, "idv-callbackd: database_url: cannot be used\n");

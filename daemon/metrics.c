@@ -196,7 +196,7 @@ char *metrics_render(const struct metrics_gauges *g, size_t *len)
         &b,
         "# HELP idv_db_failovers_total Changes of the PostgreSQL primary (host:port) written to.\n"
         "# TYPE idv_db_failovers_total counter\nidv_db_failovers_total %llu\n",
-        (unsigned long long)m->failovers);
+        (unsigned long long)g->db_failovers);
     /* The label names host:port of the primary the pool last connected to; the
      * value is 1 while a connection to it is up, 0 while none is (during a
      * switch). No sample before the first connection. */

@@ -51,7 +51,6 @@ struct metrics {
     struct histogram commit_seconds;
     uint64_t outbound[4][600]; /* by action index and HTTP status (0: transport error) */
     uint64_t confirmations, disagreements, confirm_retries, confirm_giveups;
-    uint64_t failovers;
 };
 
 extern struct metrics g_metrics;
@@ -63,7 +62,7 @@ void histogram_observe(struct histogram *h, double seconds);
 struct metrics_gauges {
     int db_ready, db_connecting, db_down, db_busy;
     size_t db_queued;
-    uint64_t db_reconnects, db_failures, db_timeouts, db_lost;
+    uint64_t db_reconnects, db_failures, db_timeouts, db_lost, db_failovers;
     const char *db_host;
     size_t callback_queue, audit_queue;
     int draining;

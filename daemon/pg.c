@@ -416,8 +416,6 @@ static void setup_step(struct pg_conn *c, uint8_t kind, PGresult *res, int err)
             pool->failovers++;
             log_kv(LOGL_WARN, "PostgreSQL primary changed", "DB_OLD_HOST", pool->host, "DB_HOST",
                    hp, "DB_CONN", idx, NULL);
-            if (pool->opts.on_primary_change)
-                pool->opts.on_primary_change(pool->opts.primary_arg, pool->host, hp);
         }
         snprintf(pool->host, sizeof pool->host, "%s", hp);
         /* The database is reachable again: connections waiting out their
@@ -946,9 +944,21 @@ static size_t list_len(const char *s)
     return n;
 }
 
-const char *pg_conninfo_hosts_problem(const char *host, const char *hostaddr, const char *port)
+/* The value of keyword in parsed options, or of the variable libpq reads when
+ * the string leaves it out: the pool rewrites the host list, so it must see
+ * what libpq would. */
+static const char *conninfo_get(const PQconninfoOption *o, const char *keyword, const char *env)
 {
-    size_t nh = list_len(host), na = list_len(hostaddr), np = list_len(port);
+    for (; o->keyword; o++)
+        if (o->val && !strcmp(o->keyword, keyword)) return o->val;
+    return getenv(env);
+}
+
+const char *pg_conninfo_hosts_problem(const PQconninfoOption *opts)
+{
+    size_t nh = list_len(conninfo_get(opts, "host", "PGHOST")),
+           na = list_len(conninfo_get(opts, "hostaddr", "PGHOSTADDR")),
+           np = list_len(conninfo_get(opts, "port", "PGPORT"));
     if (nh > PG_MAX_HOSTS || na > PG_MAX_HOSTS || np > PG_MAX_HOSTS)
         return "more than 8 hosts in the host list";
     if (nh && na && nh != na) return "host and hostaddr lists of different lengths";
@@ -975,26 +985,19 @@ int pg_pool_new(struct pg_pool **out, uv_loop_t *loop, const struct pg_pool_opts
     pool->val = calloc(n + 1, sizeof *pool->val);
     rc = IDV_ENOMEM;
     if (!pool->kw || !pool->val) goto fail_opts;
-    const char *host = NULL, *hostaddr = NULL, *port = NULL, *connect_timeout = NULL;
     for (PQconninfoOption *x = o; x->keyword; x++) {
         if (!x->val) continue;
         pool->kw[pool->nkw] = strdup(x->keyword);
         pool->val[pool->nkw] = strdup(x->val);
         if (!pool->kw[pool->nkw] || !pool->val[pool->nkw]) goto fail_opts;
         pool->nkw++;
-        if (!strcmp(x->keyword, "host")) host = x->val;
-        if (!strcmp(x->keyword, "hostaddr")) hostaddr = x->val;
-        if (!strcmp(x->keyword, "port")) port = x->val;
-        if (!strcmp(x->keyword, "connect_timeout")) connect_timeout = x->val;
     }
-    /* libpq reads these variables for what the string leaves out; the pool
-     * rewrites the host list, so it must see them too. */
-    if (!host) host = getenv("PGHOST");
-    if (!hostaddr) hostaddr = getenv("PGHOSTADDR");
-    if (!port) port = getenv("PGPORT");
-    if (!connect_timeout) connect_timeout = getenv("PGCONNECT_TIMEOUT");
     rc = IDV_EINVAL;
-    if (pg_conninfo_hosts_problem(host, hostaddr, port)) goto fail_opts;
+    if (pg_conninfo_hosts_problem(o)) goto fail_opts;
+    const char *host = conninfo_get(o, "host", "PGHOST"),
+               *hostaddr = conninfo_get(o, "hostaddr", "PGHOSTADDR"),
+               *port = conninfo_get(o, "port", "PGPORT"),
+               *connect_timeout = conninfo_get(o, "connect_timeout", "PGCONNECT_TIMEOUT");
     rc = split_list(host, pool->hosts, PG_MAX_HOSTS, &pool->nhosts);
     if (rc) goto fail_opts;
     rc = split_list(hostaddr, pool->addrs, PG_MAX_HOSTS, &pool->naddrs);

@@ -27,9 +27,10 @@ struct pg_query;
 
 /* libpq's rules for a host list, checked before any connection: as many
  * hostaddr as host entries, one port or one per host, at most PG_MAX_HOSTS.
- * Takes the values of the connection string (or of PGHOST, PGHOSTADDR and
- * PGPORT where it gives none); NULL when they fit, else what is wrong. */
-const char *pg_conninfo_hosts_problem(const char *host, const char *hostaddr, const char *port);
+ * Takes parsed options (PQconninfoParse); where they give no host, hostaddr
+ * or port, PGHOST, PGHOSTADDR and PGPORT count, as for libpq. NULL when they
+ * fit, else what is wrong. */
+const char *pg_conninfo_hosts_problem(const PQconninfoOption *opts);
 
 /* Called exactly once per submitted query. err is 0 when the unit completed
  * (res holds its first result, PGRES_TUPLES_OK or PGRES_COMMAND_OK); IDV_EDB
@@ -68,11 +69,6 @@ struct pg_pool_opts {
     size_t nstmts;
     size_t max_queue; /* queued queries beyond this fail at once */
     const char *application_name;
-    /* Called (may be NULL) when a connection comes up on another host:port
-     * than the one the pool wrote to before: a failover. Strings are valid
-     * during the call only. */
-    void (*on_primary_change)(void *arg, const char *old_host, const char *new_host);
-    void *primary_arg;
 };
 
 /* Pool figures for /metrics and logs. */

@@ -368,7 +368,7 @@ def case_host_and_hostaddr_lists(ctx):
     list of unequal length is a configuration error (exit 2 at check-config,
     the key named)."""
     pg = ctx.pg("pg")
-    other = free = idvtest.free_port()
+    free = idvtest.free_port()
     txs = idvtest.register_bulk(pg, 1, prefix="l", salt=new_salt("list"))
     url = (f"host=nowhere.invalid,localhost hostaddr=127.0.0.1,127.0.0.1 port={free},{pg.port}"
            f" user=idvapp dbname=postgres target_session_attrs=read-write")
@@ -378,7 +378,7 @@ def case_host_and_hostaddr_lists(ctx):
              "idv_db_primary names the host as written")
     d.stop_clean()
     bad = idvtest.Daemon(ctx.tmp, name="bad", database_url=(
-        f"host=a,b,c hostaddr=127.0.0.1,127.0.0.1 port={other} user=idvapp dbname=postgres"))
+        f"host=a,b,c hostaddr=127.0.0.1,127.0.0.1 port={free} user=idvapp dbname=postgres"))
     bad.write_config()
     r = subprocess.run([idvtest.BIN, "check-config", "--config", bad.conf], capture_output=True,
                        text=True)

@@ -42,32 +42,8 @@ def req(target, headers=(), body=b"", close=False, method="GET"):
 
 def exchange(port, data, timeout=20.0):
     """Sends data on a fresh connection and reads until the server closes.
-    Returns (bytes read, closed by the server). A send refused because the
-    server closed already counts as closed."""
-    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-    chunks, closed = [], False
-    try:
-        try:
-            s.sendall(data)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            s.settimeout(max(0.05, end - time.monotonic()))
-            try:
-                b = s.recv(65536)
-            except socket.timeout:
-                break
-            except ConnectionResetError:
-                closed = True
-                break
-            if not b:
-                closed = True
-                break
-            chunks.append(b)
-        return b"".join(chunks), closed
-    finally:
-        s.close()
+    Returns (bytes read, closed by the server)."""
+    return idvtest.raw_http(port, data, timeout=timeout)
 
 
 def responses(data):
