@@ -85,6 +85,41 @@ def _as_postgres(cmd):
     return cmd
 
 
+def _initdb_template():
+    """Returns the path of a pristine data directory made by `initdb` (trust
+    authentication, user postgres, UTF8), creating it on first use. It lives
+    in the temporary directory under a name that carries the user and the
+    server's version, is made under an exclusive lock (tests run in
+    parallel) and published by a rename, so a half-made template is never
+    copied."""
+    import fcntl
+    import hashlib
+    version = subprocess.run([os.path.join(PG_BINDIR, "postgres"), "--version"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    key = hashlib.sha256(f"{PG_BINDIR}|{version}".encode()).hexdigest()[:12]
+    base = os.path.join(tempfile.gettempdir(), f"idvtest-initdb-{os.geteuid()}-{key}")
+    data = os.path.join(base, "data")
+    if os.path.isdir(data):
+        return data
+    os.makedirs(base, exist_ok=True)
+    os.chmod(base, 0o755)
+    with open(os.path.join(base, "lock"), "w") as lk:
+        fcntl.flock(lk, fcntl.LOCK_EX)
+        if not os.path.isdir(data):
+            work = tempfile.mkdtemp(prefix="make-", dir=base)
+            os.chmod(work, 0o755)
+            if os.geteuid() == 0:
+                pw = pwd.getpwnam("postgres")
+                os.chown(work, pw.pw_uid, pw.pw_gid)
+            subprocess.run(_as_postgres([os.path.join(PG_BINDIR, "initdb"), "-D",
+                                         os.path.join(work, "data"), "-A", "trust", "-U",
+                                         "postgres", "--no-sync", "-E", "UTF8"]),
+                           check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            os.rename(os.path.join(work, "data"), data)
+            os.rmdir(work)
+    return data
+
+
 class PgCluster:
     """A PostgreSQL 15 cluster of its own: data directory and Unix socket in a
     temporary directory, a free TCP port on 127.0.0.1. Runs as postgres when
@@ -112,9 +147,12 @@ class PgCluster:
             self.settings.update(settings)
 
     def initdb(self):
-        subprocess.run(_as_postgres([os.path.join(PG_BINDIR, "initdb"), "-D", self.data,
-                                     "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"]),
-                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        """A fresh data directory: a copy of a pristine `initdb` made once per
+        machine, user and PostgreSQL version (see _initdb_template), so that
+        each test pays a copy (~0.1 s) instead of an initdb (~2 s). The copy
+        is the test's own: nothing is shared between clusters."""
+        template = _initdb_template()
+        subprocess.run(["cp", "-a", template, self.data], check=True)
         with open(os.path.join(self.data, "postgresql.auto.conf"), "a") as f:
             for k, v in self.settings.items():
                 f.write(f"{k} = {v}\n")
