@@ -1,5 +1,6 @@
 #include "admin.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -254,27 +255,39 @@ static void handle_metrics(struct app *app, struct conn *c)
     struct pg_pool_stats ps;
     pg_pool_get_stats(app->pool, &ps);
     struct metrics_gauges g = {
-        .db_ready = ps.ready,
-        .db_connecting = ps.connecting,
-        .db_down = ps.down,
-        .db_busy = ps.busy,
-        .db_queued = ps.queued,
-        .db_reconnects = ps.reconnects,
-        .db_failures = ps.failures,
-        .db_timeouts = ps.timeouts,
-        .db_lost = ps.lost,
-        .db_failovers = ps.failovers,
+        .ready = !app->draining && !conn_server_draining(c) && pg_pool_ready(app->pool),
+        .db_conns = {[MDB_READY] = ps.ready - ps.busy,
+                     [MDB_BUSY] = ps.busy,
+                     [MDB_CONNECTING] = ps.connecting,
+                     [MDB_DOWN] = ps.down},
+        .db_pool_size = (double)app->cfg->db_pool_size,
+        .db_queued = (double)ps.queued,
+        .db_reconnects = (double)ps.reconnects,
+        .db_failures = (double)ps.failures,
+        .db_timeouts = (double)ps.timeouts,
+        .db_lost = (double)ps.lost,
+        .db_failovers = (double)ps.failovers,
         .db_host = ps.host,
+        .db_primary_up = ps.ready > 0,
         .draining = app->draining,
-        .queue_depth = -1,
+        .queue_depth = NAN,
+        .queue_oldest_seconds = NAN,
+        .queue_given_up = NAN,
+        .tls_not_after = app->tls ? app->tls_not_after : NAN,
     };
     if (app->confirm) {
         struct confirm_stats cs;
         confirm_get_stats(app->confirm, &cs);
-        g.queue_depth = cs.depth;
-        g.queue_oldest_seconds = cs.oldest_seconds;
+        if (cs.depth >= 0) {
+            g.queue_depth = (double)cs.depth;
+            g.queue_oldest_seconds = cs.oldest_seconds;
+            g.queue_given_up = (double)cs.given_up;
+        }
     }
-    store_queue_sizes(app->store, &g.callback_queue, &g.audit_queue);
+    size_t callback_queue, audit_queue;
+    store_queue_sizes(app->store, &callback_queue, &audit_queue);
+    g.callback_queue = (double)callback_queue;
+    g.audit_queue = (double)audit_queue;
     size_t len;
     char *text = metrics_render(&g, &len);
     if (!text) {

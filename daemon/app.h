@@ -18,7 +18,8 @@ struct app {
     struct outbound *outbound; /* NULL without Alibaba credentials */
     struct confirm *confirm;
     bool draining;
-    bool tls; /* the public listener speaks TLS */
+    bool tls;             /* the public listener speaks TLS */
+    double tls_not_after; /* Unix time its certificate expires (for /metrics) */
     size_t callback_path_len;
 };
 

@@ -1,9 +1,11 @@
 #include <errno.h>
+#include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <time.h>
 
 #include <curl/curl.h>
 #include <jansson.h>
@@ -169,6 +171,24 @@ static void status_tick(uv_timer_t *t)
                    ps.host, conns);
 }
 
+/* Remembers when the certificate the public listener now serves expires
+ * (idv_tls_certificate_expiry_timestamp_seconds) and logs it. */
+static void tls_note_expiry(struct app *app, SSL_CTX *ctx, const char *cert_file)
+{
+    double t;
+    if (tls_ctx_not_after(ctx, &t) != 0) {
+        app->tls_not_after = NAN;
+        log_kv(LOGL_WARN, "TLS certificate expiry unknown", "PATH", cert_file, NULL);
+        return;
+    }
+    app->tls_not_after = t;
+    char when[32] = "";
+    time_t tt = (time_t)t;
+    struct tm tm;
+    if (gmtime_r(&tt, &tm)) strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    log_kv(LOGL_INFO, "TLS certificate loaded", "PATH", cert_file, "NOT_AFTER", when, NULL);
+}
+
 static void on_reload(uv_signal_t *s, int signum)
 {
     (void)signum;
@@ -190,6 +210,7 @@ static void on_reload(uv_signal_t *s, int signum)
         SSL_CTX *ctx = tls_ctx_new(fresh.tls_cert_file, fresh.tls_key_file, terr, sizeof terr);
         if (ctx) {
             server_set_tls_ctx(d->app.srv, ctx);
+            tls_note_expiry(&d->app, ctx, fresh.tls_cert_file);
             SSL_CTX_free(ctx);
             log_kv(LOGL_INFO, "TLS certificate reloaded", "PATH", fresh.tls_cert_file, NULL);
         } else {
@@ -317,7 +338,10 @@ static int cmd_serve(const char *config_path)
         fprintf(stderr, "idv-callbackd: %s\n", err);
         return EXIT_RUNTIME;
     }
-    if (tls_ctx) SSL_CTX_free(tls_ctx); /* the server holds its own reference */
+    if (tls_ctx) {
+        tls_note_expiry(app, tls_ctx, d.cfg.tls_cert_file);
+        SSL_CTX_free(tls_ctx); /* the server holds its own reference */
+    }
     uint64_t lease = (uint64_t)(d.cfg.alibaba_timeout_ms * 2 + 5000);
     struct confirm_opts co = {
         .instance = d.cfg.instance_name,

@@ -36,6 +36,15 @@ struct histogram {
     uint64_t count;
 };
 
+/* Actions of the Alibaba API, as counted in outbound metrics. */
+enum metric_action { MA_INITIALIZE = 0, MA_CHECKRESULT, MA_OTHER, MA__COUNT };
+
+/* States of PostgreSQL connections, as labelled in idv_db_connections
+ * ("ready" is up and idle). */
+enum metric_db_state { MDB_READY = 0, MDB_BUSY, MDB_CONNECTING, MDB_DOWN, MDB__COUNT };
+
+/* What the loop counts as things happen. Every field is listed in the
+ * descriptor table of metrics.c, which gives its name, type and help. */
 struct metrics {
     uint64_t requests[ML__COUNT][600]; /* by status code */
     uint64_t callbacks[CBO__COUNT];
@@ -49,7 +58,8 @@ struct metrics {
     uint64_t batches, batch_items, batch_fallbacks;
     struct histogram request_seconds[ML__COUNT];
     struct histogram commit_seconds;
-    uint64_t outbound[4][600]; /* by action index and HTTP status (0: transport error) */
+    uint64_t outbound[MA__COUNT][600];      /* by action and HTTP status (0: transport error) */
+    uint64_t outbound_throttled[MA__COUNT]; /* answers with a Throttling.* Code */
     uint64_t confirmations, disagreements, confirm_retries, confirm_giveups;
 };
 
@@ -58,17 +68,28 @@ extern struct metrics g_metrics;
 /* Records one observation in seconds. */
 void histogram_observe(struct histogram *h, double seconds);
 
-/* Extra gauges the renderer asks for at scrape time. */
+/* Values read at scrape time from the modules that own them (the pool, the
+ * confirmation worker, the server). All are doubles, as Prometheus values are;
+ * a NaN is "unknown" and renders no sample. Adding one: a field here, its
+ * value in admin.c, a line in the table of metrics.c. */
 struct metrics_gauges {
-    int db_ready, db_connecting, db_down, db_busy;
-    size_t db_queued;
-    uint64_t db_reconnects, db_failures, db_timeouts, db_lost, db_failovers;
-    const char *db_host;
-    size_t callback_queue, audit_queue;
-    int draining;
-    long queue_depth; /* confirmation work queue, -1 when unknown */
-    double queue_oldest_seconds;
+    double ready;                /* 1 when /readyz would answer 200 */
+    double db_conns[MDB__COUNT]; /* connections by state */
+    double db_pool_size;         /* db_pool_size of the configuration */
+    double db_queued;
+    double db_reconnects, db_failures, db_timeouts, db_lost, db_failovers; /* counters */
+    const char *db_host; /* host:port of the primary; NULL or "" before the first connection */
+    double db_primary_up;
+    double callback_queue, audit_queue;
+    double draining;
+    double queue_depth, queue_oldest_seconds, queue_given_up; /* NaN without the worker */
+    double tls_not_after; /* Unix time; NaN when the listener has no TLS */
 };
+
+/* Checks the descriptor table of metrics.c (names, _total suffixes, help
+ * text, the size of each field against its labels, no name twice). Returns 0,
+ * or IDV_EINVAL with the first problem in err. For the unit tests. */
+int metrics_check_table(char *err, size_t errlen);
 
 /* Renders everything into a malloc'd buffer (*len bytes); NULL on no memory. */
 char *metrics_render(const struct metrics_gauges *g, size_t *len);

@@ -127,6 +127,10 @@ static void call_finish(struct outbound *ob, struct out_call *c, CURLcode rc)
     int a = action_index(c->action);
     int st = r.http_status >= 100 && r.http_status < 600 ? (int)r.http_status : 0;
     g_metrics.outbound[a][st]++;
+    /* Throttling.Api (and Alibaba's other Throttling.* codes) come as a 403
+     * like the access errors; only the Code tells them apart. */
+    if (r.parsed && r.reply.code && !strncmp(r.reply.code, "Throttling", 10))
+        g_metrics.outbound_throttled[a]++;
     if (c->easy) {
         curl_multi_remove_handle(ob->multi, c->easy);
         curl_easy_cleanup(c->easy);

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include <openssl/err.h>
+#include <openssl/x509.h>
 
 static void ssl_err(char *err, size_t errlen, const char *what, const char *file)
 {
@@ -54,6 +55,22 @@ SSL_CTX *tls_ctx_new(const char *cert_file, const char *key_file, char *err, siz
         return NULL;
     }
     return ctx;
+}
+
+int tls_ctx_not_after(SSL_CTX *ctx, double *unix_seconds)
+{
+    X509 *cert = SSL_CTX_get0_certificate(ctx);
+    const ASN1_TIME *t = cert ? X509_get0_notAfter(cert) : NULL;
+    /* ASN1_TIME_diff from the epoch rather than ASN1_TIME_to_tm and timegm:
+     * it reads UTCTime and GeneralizedTime alike and needs no time zone. */
+    ASN1_TIME *epoch = ASN1_TIME_set(NULL, 0);
+    int days = 0, secs = 0;
+    int ok = t && epoch && ASN1_TIME_diff(&days, &secs, epoch, t) == 1;
+    ASN1_TIME_free(epoch);
+    ERR_clear_error();
+    if (!ok) return IDV_EINVAL;
+    *unix_seconds = (double)days * 86400.0 + (double)secs;
+    return 0;
 }
 
 int tls_conn_init(struct tls_conn *t, SSL_CTX *ctx)

@@ -16,6 +16,11 @@
  * NULL (the caller keeps its old context on reload). */
 SSL_CTX *tls_ctx_new(const char *cert_file, const char *key_file, char *err, size_t errlen);
 
+/* The notAfter time of the context's certificate (the leaf), in seconds since
+ * the Unix epoch. Returns 0, or IDV_EINVAL when the context has no
+ * certificate or its time cannot be read. */
+int tls_ctx_not_after(SSL_CTX *ctx, double *unix_seconds) IDV_MUSTCHECK;
+
 struct tls_conn {
     SSL *ssl;
     BIO *rbio; /* ciphertext from the peer */
