@@ -15,6 +15,10 @@ PACKAGES=(
   # run and test
   postgresql postgresql-client openssl curl ca-certificates python3 procps iproute2
   systemd
+  # the operator's kit in systemd/examples: haproxy -c and a real HAProxy,
+  # promtool and a real Prometheus (2.42; --no-install-recommends below keeps
+  # prometheus-node-exporter out)
+  haproxy prometheus
 )
 
 SUDO=()
@@ -39,3 +43,13 @@ if [ $update -eq 1 ]; then "${SUDO[@]}" apt-get update -q; fi
 echo "install-deps: installing ${missing[*]}"
 # Services installed here must not start: the project runs its own clusters.
 "${SUDO[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"
+# Where systemd runs, these two start their services on install (Prometheus
+# on :9090). The tests start their own: stop and disable the ones just
+# installed, and only those.
+if [ -d /run/systemd/system ]; then
+  for p in "${missing[@]}"; do
+    case "$p" in
+      haproxy | prometheus) "${SUDO[@]}" systemctl disable --now "$p.service" || true ;;
+    esac
+  done
+fi
