@@ -146,8 +146,9 @@ def case_under_load(ctx):
     pg = ctx.pg()
     txs = idvtest.register_bulk(pg, 12000, prefix="lb", salt=SALT)
     a, b = daemons(ctx, pg)
-    hap = HAProxy(ctx.tmp, [a, b]).start()
+    hap = HAProxy(ctx.tmp, [a, b])
     ctx.cleanups.insert(0, hap.stop)
+    hap.start()
     hap.wait_status("idv1", "UP")
     hap.wait_status("idv2", "UP")
 

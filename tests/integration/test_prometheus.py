@@ -14,7 +14,7 @@ page they read.
                          certificate expiry metric following a SIGHUP reload;
   scrape                 a real Prometheus on a copy of prometheus.yml (only
                          targets and intervals replaced) scraping two
-                         instances and the HAProxy of haraproxy.cfg in front
+                         instances and the HAProxy of haproxy.cfg in front
                          of them: every target up, idv_callbacks_total up by
                          exactly what the test sent, every rule evaluated
                          without error and none pending on a healthy pair,
@@ -157,8 +157,9 @@ def case_scrape(ctx):
     txs = idvtest.register_bulk(pg, 60, prefix="pm", salt="SeCrEt-prometheus")
     cfg = dict(proxy_protocol="on", trusted_proxies="127.0.0.1/32")
     a, b = (ctx.daemon(pg, name=f"idv{i}", **cfg) for i in (1, 2))
-    hap = opskit.HAProxy(ctx.tmp, [a, b]).start()
+    hap = opskit.HAProxy(ctx.tmp, [a, b])
     ctx.cleanups.insert(0, hap.stop)
+    hap.start()
     targets = [f"127.0.0.1:{d.admin_port}" for d in (a, b)]
     prom = opskit.Prometheus(ctx.tmp, targets, f"127.0.0.1:{hap.metrics_port}",
                              idvtest.ADMIN_TOKEN)
@@ -207,16 +208,23 @@ def case_scrape(ctx):
     got = wait_until(lambda: settled(want), 60, 0.2, f"Prometheus to count {dict(sent)} more")
     print(f"sent through HAProxy {dict(sent)}; Prometheus: sum by (outcome)"
           f" (idv_callbacks_total) {base} -> {got}", flush=True)
-    hreq = prom.query('sum(haproxy_frontend_http_requests_total{proxy="idv_public"})')
-    check_eq(list(hreq.values()), [float(sum(sent.values()))],
-             "HAProxy's frontend requests as Prometheus scraped them")
+    # HAProxy is scraped on its own schedule: wait for its figure too.
+    total = float(sum(sent.values()))
+    hreq = 'sum(haproxy_frontend_http_requests_total{proxy="idv_public"})'
+    wait_until(lambda: list(prom.query(hreq).values()) == [total], 60, 0.2,
+               f"HAProxy's frontend requests ({total:.0f}) as Prometheus scraped them")
 
     # The rules: loaded, evaluated on real series without error, quiet.
     rules = [r for g in prom.api("rules")["groups"] for r in g["rules"]]
     check_eq(sorted((r["name"], r["health"], r.get("lastError", "")) for r in rules),
              sorted((r["name"], "ok", "") for r in rules), "every rule evaluated without error")
     check(len(rules) >= 10, f"rules loaded: {len(rules)}")
-    check_eq(prom.alerts(), [], "alerts pending or firing on a healthy pair")
+    # A scrape that misses its deadline on a loaded machine makes an alert
+    # pending until the next one; none may stay.
+    if prom.alerts():
+        print(f"alerts pending on a healthy pair (waiting for them to clear): {prom.alerts()}",
+              flush=True)
+    wait_until(lambda: prom.alerts() == [], 60, 0.2, "no alert pending or firing")
 
     # One instance stopped: its alert is pending (it fires after 3 minutes).
     b.stop_clean()

@@ -2,6 +2,7 @@
 shipped in systemd/examples/, for tests/integration/test_haproxy.py and
 test_prometheus.py. Standard library only."""
 import collections
+import ctypes
 import json
 import os
 import re
@@ -21,6 +22,12 @@ HAPROXY_CFG = os.path.join(EXAMPLES, "haproxy.cfg")
 PROMETHEUS_YML = os.path.join(EXAMPLES, "prometheus.yml")
 RULES = os.path.join(EXAMPLES, "idv-callbackd.rules.yml")
 RULES_TEST = os.path.join(EXAMPLES, "idv-callbackd.rules.test.yml")
+def _die_with_parent():
+    """preexec_fn: SIGTERM when the test process dies (a ctest timeout kills
+    it with SIGKILL), so that no HAProxy or Prometheus outlives its test."""
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
@@ -51,7 +58,8 @@ class HAProxy:
     def start(self):
         self.logf = open(self.log_path, "ab")
         self.proc = subprocess.Popen([HAPROXY, "-W", "-f", HAPROXY_CFG, "-S", self.master_sock],
-                                     env=self.env, stdout=self.logf, stderr=subprocess.STDOUT)
+                                     env=self.env, stdout=self.logf, stderr=subprocess.STDOUT,
+                                     preexec_fn=_die_with_parent)
         wait_until(lambda: self.proc.poll() is not None or
                    (self.servers() is not None and self.workers()), 30,
                    what="HAProxy's admin socket and master CLI")
@@ -198,7 +206,7 @@ class Prometheus:
             [PROMETHEUS, f"--config.file={self.cfg}",
              f"--storage.tsdb.path={os.path.join(self.dir, 'data')}",
              f"--web.listen-address=127.0.0.1:{self.port}"],
-            stdout=self.logf, stderr=subprocess.STDOUT)
+            stdout=self.logf, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
         wait_until(lambda: self.proc.poll() is not None or self._get("/-/ready") is not None, 60,
                    0.1, "Prometheus to be ready")
         check(self.proc.poll() is None, f"prometheus exited: {self.logs()[-3000:]}")
