@@ -32,27 +32,14 @@ import threading
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "lib"))
+sys.path.insert(0, os.path.dirname(__file__))
 import idvtest  # noqa: E402
 from opskit import HAProxy  # noqa: E402
+from test_faults import read_response  # noqa: E402
 from idvtest import check, check_eq, wait_until  # noqa: E402
 
 CLIENT_ADDR = "127.0.0.2"  # the load's source address: not a trusted proxy
 SALT = "SeCrEt-haproxy-load"
-
-
-async def read_response(reader):
-    head = await reader.readuntil(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split(" ")[1])
-    hdrs = {}
-    for ln in lines[1:]:
-        k, _, v = ln.partition(":")
-        hdrs[k.strip().lower()] = v.strip()
-    body = await reader.readexactly(int(hdrs.get("content-length", "0")))
-    try:
-        return status, json.loads(body).get("result")
-    except ValueError:
-        return status, None
 
 
 class Load:
@@ -91,7 +78,7 @@ class Load:
                              f"&callbackToken={token} HTTP/1.1\r\nHost: idv.test\r\n"
                              f"Connection: close\r\n\r\n".encode())
                 # Bounds a hang only (HAProxy's own timeouts are shorter).
-                status, result = await asyncio.wait_for(read_response(reader), 90)
+                status, result, _ = await asyncio.wait_for(read_response(reader), 90)
                 if status == 200 and result in ("accepted", "duplicate"):
                     self.acked.append(tx)
                     if result == "duplicate":

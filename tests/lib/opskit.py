@@ -33,7 +33,29 @@ PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
 
 
-class HAProxy:
+class Process:
+    """A server process of a test: its log file and its stop."""
+    proc = None
+    log_path = None
+
+    def logs(self):
+        try:
+            with open(self.log_path, "rb") as f:
+                return f.read().decode(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class HAProxy(Process):
     """HAProxy in master-worker mode (-W) on the shipped configuration, with
     its addresses in the environment; logs to a file."""
 
@@ -153,24 +175,8 @@ class HAProxy:
         check(self.proc.poll() is None, "the HAProxy master survived the reload")
         return before, self.workers()
 
-    def logs(self):
-        try:
-            with open(self.log_path, "rb") as f:
-                return f.read().decode(errors="replace")
-        except OSError:
-            return ""
 
-    def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
-class Prometheus:
+class Prometheus(Process):
     """A real Prometheus on a copy of the shipped prometheus.yml in which only
     the scrape targets and the two intervals are replaced. The rules file and
     the token file sit beside the copy, where the shipped file expects them
@@ -244,22 +250,6 @@ class Prometheus:
         """[(alertname, state, labels)] of the pending and firing alerts."""
         return [(a["labels"]["alertname"], a["state"], a["labels"])
                 for a in self.api("alerts")["alerts"]]
-
-    def logs(self):
-        try:
-            with open(self.log_path, "rb") as f:
-                return f.read().decode(errors="replace")
-        except OSError:
-            return ""
-
-    def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 def substitute(text, pairs):
