@@ -16,11 +16,17 @@ does, and a load of callbacks through it -- each on a fresh connection from
   HAProxy reload  SIGUSR2 to the master (what `systemctl reload haproxy` does);
   SIGKILL         one instance killed, HAProxy marks it DOWN, started again.
 
-For each phase it prints requests sent and failed (anything but a 200
-accepted/duplicate, or no answer) and asserts 0 failed. Afterwards every
-acknowledged callback has its result row, every audit row names 127.0.0.2 as
-client_ip, and neither HAProxy's log nor the daemons' hold a token. Nothing is
-asserted about time: waits are bounded only so that a hang ends."""
+`reload_sf` runs HAProxy standalone (no -W) on the same file under the same
+load, and reloads it the other way: a new process started with
+`-x <admin socket> -sf <old pid>` takes over the listening sockets, the old
+one finishes its connections and exits.
+
+For each phase both print requests sent and failed (anything but a 200
+accepted/duplicate, or no answer) and assert 0 failed. Afterwards every
+acknowledged callback has its result row and every audit row names 127.0.0.2
+as client_ip; under_load also checks that neither HAProxy's log nor the
+daemons' hold a token. Nothing is asserted about time: waits are bounded only
+so that a hang ends."""
 import asyncio
 import collections
 import json
@@ -130,6 +136,33 @@ def daemons(ctx, pg):
     return [ctx.daemon(pg, name=f"idv{i}", **cfg) for i in (1, 2)]
 
 
+def report(load, hap, order):
+    """Prints, for each phase of order [(name, time, monotonic time)] but the
+    closing one, requests sent, failed, retried by HAProxy and answered
+    duplicate; asserts that none failed."""
+    retried = hap.retries_by_phase([(name, t) for name, t, _ in order])
+    for i, (name, _, m) in enumerate(order[:-1]):
+        print(f"{name}: requests sent {load.sent[name]}, failed {len(load.failed[name])}"
+              f" {dict(collections.Counter(load.failed[name]))};"
+              f" retried by HAProxy {retried.get(name, 0)},"
+              f" answered duplicate {load.duplicates[name]} ({order[i + 1][2] - m:.1f} s)",
+              flush=True)
+    for name, _, _ in order[:-1]:
+        check_eq(load.failed[name][:10], [], f"{name}: failed requests")
+
+
+def check_recorded(pg, load, extra=()):
+    """Nothing acknowledged (by the load, or the transactions of extra) is
+    missing, and every audit row names the client."""
+    acked = set(load.acked) | set(extra)
+    rows = {r[0] for r in pg.rows("SELECT transaction_id FROM idv.callback_results")}
+    check_eq(sorted(acked - rows)[:5], [], "acknowledged callbacks without a result row")
+    ips = dict(pg.rows("SELECT host(client_ip), count(*) FROM idv.callback_events GROUP BY 1"))
+    print(f"audit rows by client_ip: {ips}; acknowledged {len(acked)}, result rows {len(rows)}",
+          flush=True)
+    check_eq(list(ips), [CLIENT_ADDR], "client_ip of every audit row")
+
+
 def case_under_load(ctx):
     """Client address from PROXY v2, rolling restart, SIGHUP reloads, a
     HAProxy reload and a SIGKILL, each under load with 0 failed requests."""
@@ -201,26 +234,9 @@ def case_under_load(ctx):
     phase("after")
     load.stop()
     order.append(("end", time.time(), time.monotonic()))
-
-    retried = hap.retries_by_phase([(name, t) for name, t, _ in order])
-    for i, (name, _, m) in enumerate(order[:-1]):
-        print(f"{name}: requests sent {load.sent[name]}, failed {len(load.failed[name])}"
-              f" {dict(collections.Counter(load.failed[name]))};"
-              f" retried by HAProxy {retried.get(name, 0)},"
-              f" answered duplicate {load.duplicates[name]} ({order[i + 1][2] - m:.1f} s)",
-              flush=True)
+    report(load, hap, order)
     print(f"HAProxy workers before the reload {old}, after {new}", flush=True)
-    for name, _, _ in order[:-1]:
-        check_eq(load.failed[name][:10], [], f"{name}: failed requests")
-
-    # Nothing acknowledged is missing, and every row names the client.
-    acked = set(load.acked) | {spoof[0]}
-    rows = {r[0] for r in pg.rows("SELECT transaction_id FROM idv.callback_results")}
-    check_eq(sorted(acked - rows)[:5], [], "acknowledged callbacks without a result row")
-    ips = dict(pg.rows("SELECT host(client_ip), count(*) FROM idv.callback_events GROUP BY 1"))
-    print(f"audit rows by client_ip: {ips}; acknowledged {len(acked)}, result rows {len(rows)}",
-          flush=True)
-    check_eq(list(ips), [CLIENT_ADDR], "client_ip of every audit row")
+    check_recorded(pg, load, {spoof[0]})
 
     # No token in any log: HAProxy logs the path without the query string.
     hlog = hap.logs()
@@ -228,6 +244,56 @@ def case_under_load(ctx):
     check(SALT not in hlog and "callbackToken" not in hlog, "no token in HAProxy's log")
     for d in (a, b):
         check(SALT not in d.logs(), f"no token in the log of {d.cfg['instance_name']}")
+    hap.stop()
+    for d in (a, b):
+        d.stop_clean()
+
+
+def case_reload_sf(ctx):
+    """The standalone reload under load: HAProxy without -W on the shipped
+    file, then a new process started with `-x <admin socket> -sf <old pid>`
+    takes over the listening sockets; the old one finishes its connections
+    and exits. 0 failed requests, and afterwards only the new one serves."""
+    pg = ctx.pg()
+    txs = idvtest.register_bulk(pg, 3000, prefix="sf", salt=SALT)
+    a, b = daemons(ctx, pg)
+    hap = HAProxy(ctx.tmp, [a, b], master_worker=False)
+    ctx.cleanups.insert(0, hap.stop)
+    hap.start()
+    hap.wait_status("idv1", "UP")
+    hap.wait_status("idv2", "UP")
+    check_eq(hap.pid(), hap.proc.pid, "the admin socket is the first process's")
+
+    load = Load(hap.port, txs).start()
+    order = [("warm-up", time.time(), time.monotonic())]
+    load.wait_sent("warm-up", 200)
+    # The load runs: the reload right away, then some more requests.
+    order.append(("HAProxy -sf reload", time.time(), time.monotonic()))
+    load.phase = "HAProxy -sf reload"
+    old, new = hap.reload_sf()
+    load.wait_sent("HAProxy -sf reload", load.sent["HAProxy -sf reload"] + 300)
+    # Only the new process is left: what is sent now, it serves.
+    order.append(("after", time.time(), time.monotonic()))
+    load.set_phase("after")
+    load.stop()
+    order.append(("end", time.time(), time.monotonic()))
+    report(load, hap, order)
+    # Which process logged the requests of the reload phase.
+    logged = collections.Counter()
+    for (phase, pid, _), n in hap.requests_by_phase([(p, t) for p, t, _ in order]).items():
+        if phase == "HAProxy -sf reload":
+            logged[pid] += n
+    print(f"HAProxy process before the reload {old.pid} (exit status {old.returncode}),"
+          f" after {new.pid}; requests of the reload phase logged by the old process"
+          f" {logged[old.pid]}, by the new {logged[new.pid]}", flush=True)
+    check_eq(old.returncode, 0, "exit status of the old HAProxy process")
+    check(new.poll() is None, "the new HAProxy process runs")
+    check_eq(hap.pid(), new.pid, "the admin socket is the new process's")
+    # Its own counters start at 0: the frontend sessions it accepted.
+    served = int(hap.stat()[("idv_public", "FRONTEND")]["stot"])
+    print(f"sessions accepted by the new process: {served}", flush=True)
+    check(served >= load.sent["after"], "the new process served the requests sent after")
+    check_recorded(pg, load)
     hap.stop()
     for d in (a, b):
         d.stop_clean()

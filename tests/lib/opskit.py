@@ -56,10 +56,15 @@ class Process:
 
 
 class HAProxy(Process):
-    """HAProxy in master-worker mode (-W) on the shipped configuration, with
-    its addresses in the environment; logs to a file."""
+    """HAProxy on the shipped configuration, with its addresses in the
+    environment; logs to a file. In master-worker mode (-W, as Debian's
+    haproxy.service) by default, reloaded by reload(); standalone
+    (master_worker=False, one process in the foreground), reloaded by
+    reload_sf()."""
 
-    def __init__(self, tmp, backends):
+    def __init__(self, tmp, backends, master_worker=True):
+        self.master_worker = master_worker
+        self.old = []  # standalone: the processes replaced by reload_sf()
         self.dir = tmp.sub("haproxy")
         self.port = free_port()
         self.metrics_port = free_port()
@@ -77,16 +82,34 @@ class HAProxy(Process):
         })
         self.proc = None
 
+    def _spawn(self, args):
+        return subprocess.Popen([HAPROXY, "-f", HAPROXY_CFG] + args, env=self.env,
+                                stdout=self.logf, stderr=subprocess.STDOUT,
+                                preexec_fn=_die_with_parent)
+
     def start(self):
         self.logf = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([HAPROXY, "-W", "-f", HAPROXY_CFG, "-S", self.master_sock],
-                                     env=self.env, stdout=self.logf, stderr=subprocess.STDOUT,
-                                     preexec_fn=_die_with_parent)
+        if self.master_worker:
+            self.proc = self._spawn(["-W", "-S", self.master_sock])
+        else:
+            self.proc = self._spawn([])
         wait_until(lambda: self.proc.poll() is not None or
-                   (self.servers() is not None and self.workers()), 30,
-                   what="HAProxy's admin socket and master CLI")
+                   (self.servers() is not None and (not self.master_worker or self.workers())),
+                   30, what="HAProxy's admin socket" + " and master CLI" * self.master_worker)
         check(self.proc.poll() is None, f"haproxy exited: {self.logs()[-3000:]}")
         return self
+
+    def stop(self):
+        for p in self.old:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        super().stop()
+
+    def pid(self):
+        """The pid of the process that answers on the admin socket, or None."""
+        m = re.search(r"^Pid: (\d+)$", self._cmd(self.sock, "show info") or "", re.M)
+        return int(m.group(1)) if m else None
 
     def _cmd(self, path, cmd):
         try:
@@ -127,26 +150,33 @@ class HAProxy(Process):
         return {sv: v["status"] for (px, sv), v in st.items()
                 if px == "idv_callbackd" and sv not in ("FRONTEND", "BACKEND")}
 
-    LOG_LINE = re.compile(r"\[(\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d\.\d{3})\] idv_public "
-                          r"\S+ \S+ \d+ \d+ \S+ \d+/\d+/\d+/\d+/\+?(\d+) ")
+    LOG_LINE = re.compile(r"haproxy\[(\d+)\]: \S+ \[(\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d\.\d{3})\] "
+                          r"idv_public \S+ \S+ \d+ \d+ \S+ \d+/\d+/\d+/\d+/\+?(\d+) ")
 
-    def retries_by_phase(self, phases):
-        """From the request log (%tr, the time HAProxy accepted the request,
-        and %rc, its retries): {phase: requests retried at least once}, each
-        request counted in the phase [(name, start time)] it was accepted in.
-        The log, not the stats counters, because those restart from 0 with the
-        workers of a reload."""
+    def requests_by_phase(self, phases):
+        """From the request log (the pid of the process that logged it; %tr,
+        the time HAProxy accepted the request; %rc, its retries):
+        {(phase, pid, retried at least once): requests}, each request counted
+        in the phase [(name, start time)] it was accepted in. The log, not the
+        stats counters, because those restart from 0 with the processes of a
+        reload."""
         out = collections.Counter()
         for m in self.LOG_LINE.finditer(self.logs()):
-            if m.group(2) == "0":
-                continue
-            t = time.mktime(time.strptime(m.group(1)[:-4], "%d/%b/%Y:%H:%M:%S"))
-            t += int(m.group(1)[-3:]) / 1000
+            t = time.mktime(time.strptime(m.group(2)[:-4], "%d/%b/%Y:%H:%M:%S"))
+            t += int(m.group(2)[-3:]) / 1000
             name = None
             for p, start in phases:
                 if t >= start:
                     name = p
-            out[name] += 1
+            out[(name, int(m.group(1)), m.group(3) != "0")] += 1
+        return out
+
+    def retries_by_phase(self, phases):
+        """{phase: requests retried at least once} (see requests_by_phase)."""
+        out = collections.Counter()
+        for (name, _, retried), n in self.requests_by_phase(phases).items():
+            if retried:
+                out[name] += n
         return out
 
     def wait_status(self, server, status, what=None):
@@ -174,6 +204,25 @@ class HAProxy(Process):
                    "a new HAProxy worker")
         check(self.proc.poll() is None, "the HAProxy master survived the reload")
         return before, self.workers()
+
+    def reload_sf(self):
+        """The standalone reload, as the shipped file says: a new process
+        started with `-x <admin socket>` (it takes over the old process's
+        listening sockets instead of binding new ones) and `-sf <old pid>`
+        (once ready, it tells the old one to stop listening and to finish its
+        connections). Returns (old process, new process) once the old one has
+        exited."""
+        check(not self.master_worker, "reload_sf() is the standalone reload")
+        old = self.proc
+        check(old.poll() is None, "the old HAProxy process runs")
+        self.old.append(old)
+        self.proc = self._spawn(["-x", self.sock, "-sf", str(old.pid)])
+        # Bounds a hang only (the new one failing to start ends it too).
+        wait_until(lambda: old.poll() is not None or self.proc.poll() is not None, 60, 0.05,
+                   "the old HAProxy process to exit or the new one to fail")
+        check(self.proc.poll() is None, f"the new haproxy exited: {self.logs()[-3000:]}")
+        check(old.poll() is not None, "the old HAProxy process exited after the -sf reload")
+        return old, self.proc
 
 
 class Prometheus(Process):
