@@ -1,8 +1,10 @@
 #include "alibaba.h"
 
+#include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include <jansson.h>
 
@@ -108,34 +110,62 @@ out:
     return rc;
 }
 
-int alibaba_sign(const char *access_key_id, const char *secret, const char *method,
-                 const char *canonical_query, const char *host, const char *action,
-                 const char *version, time_t now, const char *nonce, const void *body,
-                 size_t body_len, struct alibaba_signed *out)
+bool alibaba_header_signed(const char *name)
+{
+    return !strcasecmp(name, "host") || !strcasecmp(name, "content-type") ||
+           !strncasecmp(name, "x-acs-", 6);
+}
+
+int alibaba_date(time_t now, char out[32])
 {
     struct tm tm;
     if (!gmtime_r(&now, &tm)) return IDV_EINVAL;
-    strftime(out->date, sizeof out->date, "%Y-%m-%dT%H:%M:%SZ", &tm);
-    uint8_t d[SHA256_LEN];
-    crypto_sha256(body ? body : "", body_len, d);
-    crypto_hex(d, sizeof d, out->content_sha256);
-    /* Already in byte order of their names. */
-    const struct kv headers[] = {
-        {"host", host},
-        {"x-acs-action", action},
-        {"x-acs-content-sha256", out->content_sha256},
-        {"x-acs-date", out->date},
-        {"x-acs-signature-nonce", nonce},
-        {"x-acs-version", version},
-    };
-    int rc = alibaba_signature(secret, method, "/", canonical_query, headers,
-                               sizeof headers / sizeof headers[0], out->content_sha256,
+    return strftime(out, 32, "%Y-%m-%dT%H:%M:%SZ", &tm) ? 0 : IDV_EINVAL;
+}
+
+/* A header to sign: its lower-cased name (bounded: Alibaba's are short). */
+struct signed_header {
+    char name[64];
+    const char *value;
+};
+
+static int signed_header_cmp(const void *a, const void *b)
+{
+    return strcmp(((const struct signed_header *)a)->name, ((const struct signed_header *)b)->name);
+}
+
+#define SIGN_MAX_HEADERS 32
+
+int alibaba_sign(const char *access_key_id, const char *secret, const char *method,
+                 const char *path, const char *canonical_query, const struct kv *headers,
+                 size_t nheaders, const char *body_sha_hex, struct alibaba_signed *out)
+{
+    struct signed_header sh[SIGN_MAX_HEADERS];
+    size_t n = 0;
+    for (size_t i = 0; i < nheaders; i++) {
+        if (!alibaba_header_signed(headers[i].k)) continue;
+        size_t len = strlen(headers[i].k);
+        if (n == SIGN_MAX_HEADERS || len >= sizeof sh[n].name) return IDV_EINVAL;
+        for (size_t j = 0; j <= len; j++)
+            sh[n].name[j] = (char)tolower((unsigned char)headers[i].k[j]);
+        sh[n].value = headers[i].v;
+        n++;
+    }
+    qsort(sh, n, sizeof sh[0], signed_header_cmp);
+    struct kv canon[SIGN_MAX_HEADERS];
+    for (size_t i = 0; i < n; i++) {
+        /* Alibaba's library joins repeated headers with commas; the daemon
+         * never repeats one, and refuses to sign what it would not send. */
+        if (i && !strcmp(sh[i].name, sh[i - 1].name)) return IDV_EINVAL;
+        canon[i] = (struct kv){sh[i].name, sh[i].value};
+    }
+    int rc = alibaba_signature(secret, method, path, canonical_query, canon, n, body_sha_hex,
                                out->signature, out->signed_headers, sizeof out->signed_headers);
     if (rc) return rc;
-    int n = snprintf(out->authorization, sizeof out->authorization,
+    int w = snprintf(out->authorization, sizeof out->authorization,
                      "ACS3-HMAC-SHA256 Credential=%s,SignedHeaders=%s,Signature=%s", access_key_id,
                      out->signed_headers, out->signature);
-    return n > 0 && (size_t)n < sizeof out->authorization ? 0 : IDV_EINVAL;
+    return w > 0 && (size_t)w < sizeof out->authorization ? 0 : IDV_EINVAL;
 }
 
 /* ---- Initialize parameters: the seed as a table ---------------------------- */

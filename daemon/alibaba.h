@@ -29,22 +29,32 @@ void alibaba_pct_encode(struct strbuf *out, const char *s, size_t len);
  * string or NULL when out of memory. */
 char *alibaba_canonical_query(const struct kv *params, size_t n);
 
-/* What a signed request carries. */
+/* Alibaba's V3 rule for which request headers are signed: every one the
+ * request carries among host, content-type and x-acs-* (any case). */
+bool alibaba_header_signed(const char *name);
+
+/* Formats x-acs-date (UTC, YYYY-MM-DDThh:mm:ssZ) into out[32]. Returns 0 or
+ * IDV_EINVAL. */
+int alibaba_date(time_t now, char out[32]) IDV_MUSTCHECK;
+
+/* The signature of a request. */
 struct alibaba_signed {
-    char date[32]; /* x-acs-date, YYYY-MM-DDThh:mm:ssZ */
-    char content_sha256[SHA256_HEX_LEN + 1];
-    char signed_headers[128]; /* "host;x-acs-action;..." */
+    char signed_headers[256]; /* "host;x-acs-action;..." */
     char signature[SHA256_HEX_LEN + 1];
-    char authorization[512]; /* the Authorization header value */
+    char authorization[640]; /* the Authorization header value */
 };
 
-/* Signs a request: method, canonical query, body, and the six signed headers
- * (host, x-acs-action, x-acs-version, x-acs-date, x-acs-signature-nonce,
- * x-acs-content-sha256). Returns 0 or IDV_EINVAL. The secret is only read. */
+/* Signs a request exactly as it will be sent: method, path, canonical query,
+ * every header the request carries (names as sent, in any order and case;
+ * the ones alibaba_header_signed() picks are signed, lower-cased and sorted)
+ * and the hex SHA-256 of the body. The caller sends these headers, and no
+ * other header of a signed kind, plus Authorization. Returns 0, or IDV_EINVAL
+ * when a signed header is given twice or a result does not fit. The secret is
+ * only read. */
 int alibaba_sign(const char *access_key_id, const char *secret, const char *method,
-                 const char *canonical_query, const char *host, const char *action,
-                 const char *version, time_t now, const char *nonce, const void *body,
-                 size_t body_len, struct alibaba_signed *out) IDV_MUSTCHECK;
+                 const char *path, const char *canonical_query, const struct kv *headers,
+                 size_t nheaders, const char *body_sha_hex,
+                 struct alibaba_signed *out) IDV_MUSTCHECK;
 
 /* The core of the signature, exposed for the known-answer test: signs with
  * explicit header values (names lower case, sorted by the caller). */

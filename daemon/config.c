@@ -65,6 +65,9 @@ static const struct key_def keys[] = {
     K(confirm_backoff_max_ms, KT_INT, "300000", 10, 86400000),
     K(confirm_poll_ms, KT_INT, "1000", 10, 600000),
     K(sweep_interval_ms, KT_INT, "30000", 10, 3600000),
+    K(alibaba_circuit_failures, KT_INT, "5", 1, 1000),
+    K(alibaba_circuit_open_ms, KT_INT, "1000", 10, 3600000),
+    K(alibaba_circuit_max_open_ms, KT_INT, "30000", 10, 86400000),
     K(shutdown_timeout_ms, KT_INT, "10000", 0, 600000),
 };
 #undef K
@@ -368,6 +371,11 @@ static int validate(struct config *cfg, bool required, const char *base_dir, cha
     }
     if (cfg->confirm_backoff_max_ms < cfg->confirm_backoff_ms) {
         set_err(err, errlen, "confirm_backoff_max_ms: must be at least confirm_backoff_ms");
+        return IDV_ECONFIG;
+    }
+    if (cfg->alibaba_circuit_max_open_ms < cfg->alibaba_circuit_open_ms) {
+        set_err(err, errlen,
+                "alibaba_circuit_max_open_ms: must be at least alibaba_circuit_open_ms");
         return IDV_ECONFIG;
     }
     if (!cfg->instance_name) {

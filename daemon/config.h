@@ -28,6 +28,9 @@ struct config {
     long alibaba_qps;
     long alibaba_timeout_ms;
     long alibaba_connect_timeout_ms;
+    long alibaba_circuit_failures;
+    long alibaba_circuit_open_ms;
+    long alibaba_circuit_max_open_ms;
     char *trusted_proxies;
     bool proxy_protocol;
     char *tls_cert_file;

@@ -20,6 +20,15 @@ const struct pg_stmt confirm_statements[] = {
     {"retry_work", "SELECT idv.retry_work($1::bigint, $2::uuid, $3, $4::interval, $5::boolean)"},
     {"sweep", "SELECT idv.sweep($1::interval, $2::interval, $3::boolean)"},
     {"work_queue_status", "SELECT waiting, oldest_seconds, given_up FROM idv.work_queue_status"},
+    /* An item whose call the circuit refused, or that failed as the outage
+     * the circuit is open for: back to the queue with its attempt given back
+     * (claim_work counted it), so that an outage gives nothing up. */
+    {"hold_work", "WITH u AS (UPDATE idv.work_queue q SET attempts = greatest(q.attempts - 1, 0),"
+                  " lease = NULL, leased_until = NULL, not_before = now(),"
+                  " last_error = left($3, 1000)"
+                  " WHERE q.id = $1::bigint AND q.lease = $2::uuid AND q.done_at IS NULL"
+                  " RETURNING 1)"
+                  " SELECT CASE WHEN EXISTS (SELECT 1 FROM u) THEN 'held' ELSE 'stale' END"},
 };
 const size_t confirm_statements_count = sizeof confirm_statements / sizeof confirm_statements[0];
 
@@ -121,6 +130,9 @@ static void record_done(struct pg_query *q, PGresult *res, int err)
                "TRANSACTION_ID", it->transaction_id, "LAST_ERROR", it->error, NULL);
     } else if (!strcmp(r, "retry")) {
         g_metrics.confirm_retries++;
+    } else if (!strcmp(r, "held")) {
+        log_kv(LOGL_DEBUG, "work item held while Alibaba is unreachable", "TRANSACTION_ID",
+               it->transaction_id, NULL);
     } else if (!strcmp(r, "stale")) {
         log_kv(LOGL_WARN, "work item lease lost (another instance owns it now)", "TRANSACTION_ID",
                it->transaction_id, NULL);
@@ -163,6 +175,18 @@ static void schedule_retry(struct item *it, const char *error)
     submit(it, "retry_work", 5);
 }
 
+/* The call was refused by the circuit, or failed as part of the outage it is
+ * open for: the item goes back without counting the attempt. */
+static void hold(struct item *it, const char *error)
+{
+    snprintf(it->error, sizeof it->error, "%s (held; the attempt is not counted)", error);
+    it->values[0] = it->id;
+    it->values[1] = it->lease;
+    it->values[2] = it->error;
+    it->stage = IS_RECORD;
+    submit(it, "hold_work", 3);
+}
+
 static void give_up_now(struct item *it, const char *error)
 {
     it->attempts = it->cf->opts.max_attempts;
@@ -193,6 +217,11 @@ static void call_done(struct out_call *call, const struct out_result *res)
 {
     struct item *it = call->data;
     char why[300];
+    if (res->outage) {
+        snprintf(why, sizeof why, "transport: %s", res->error ? res->error : "failed");
+        hold(it, why);
+        return;
+    }
     if (res->transport != OUT_OK) {
         snprintf(why, sizeof why, "transport: %s", res->error ? res->error : "failed");
         schedule_retry(it, why);
@@ -283,18 +312,23 @@ static void claim_done(struct pg_query *q, PGresult *res, int err)
         outbound_submit(cf->app->outbound, &it->call);
     }
     PQclear(res);
-    /* A full batch means more may be waiting. */
-    if (n > 0 && (unsigned)n == cf->opts.batch) claim(cf);
+    /* A full batch means more may be waiting (not after a probe's claim). */
+    if (n > 0 && (unsigned)n == cf->opts.batch && cf->claim_values[1] == cf->claim_limit) claim(cf);
 }
 
 static void claim(struct confirm *cf)
 {
     if (!cf->opts.can_check || cf->claiming || cf->closing || !cf->app->outbound) return;
     if (cf->inflight >= cf->opts.batch * 2) return;
+    /* While Alibaba is unreachable the items stay in the queue: claiming one
+     * counts an attempt, for a call the circuit would refuse. When a probe
+     * may go, one item is claimed to be it. */
+    enum out_gate gate = outbound_gate(cf->app->outbound, NULL);
+    if (gate == OUT_GATE_OPEN) return;
     cf->claiming = true;
     memset(&cf->claim_q, 0, sizeof cf->claim_q);
     cf->claim_values[0] = cf->instance;
-    cf->claim_values[1] = cf->claim_limit;
+    cf->claim_values[1] = gate == OUT_GATE_PROBE ? "1" : cf->claim_limit;
     cf->claim_values[2] = cf->lease_str;
     cf->claim_q.stmt = "claim_work";
     cf->claim_q.nparams = 3;

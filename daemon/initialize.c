@@ -30,20 +30,28 @@ struct failure {
     int status;
     const char *code;
     const char *message;
+    int retry_after; /* seconds for Retry-After; 0: none; -1: until the circuit's probe */
 };
 
 static const struct failure f_timeout = {504, "UpstreamTimeout",
                                          "Alibaba did not answer in time; the verification may "
-                                         "exist upstream but is not recorded"};
+                                         "exist upstream but is not recorded",
+                                         0};
 static const struct failure f_connect = {502, "UpstreamUnreachable",
-                                         "cannot connect to the Alibaba endpoint"};
+                                         "cannot connect to the Alibaba endpoint", 0};
 static const struct failure f_tls = {502, "UpstreamTlsError",
-                                     "TLS handshake or certificate verification failed"};
-static const struct failure f_broken = {502, "UpstreamTruncated",
-                                        "the connection broke in the middle of Alibaba's answer"};
+                                     "TLS handshake or certificate verification failed", 0};
+static const struct failure f_broken = {
+    502, "UpstreamTruncated", "the connection broke in the middle of Alibaba's answer", 0};
 static const struct failure f_garbage = {502, "UpstreamBadResponse",
-                                         "Alibaba's answer is not the expected JSON"};
-static const struct failure f_other = {502, "UpstreamError", "the call to Alibaba failed"};
+                                         "Alibaba's answer is not the expected JSON", 0};
+static const struct failure f_other = {502, "UpstreamError", "the call to Alibaba failed", 0};
+/* Refused at once while the circuit is open: nothing was sent, so no
+ * verification exists upstream. */
+static const struct failure f_circuit = {503, "UpstreamUnavailable",
+                                         "Alibaba was unreachable on the last calls; the call was "
+                                         "not made (retry after Retry-After seconds)",
+                                         -1};
 
 /* By upstream HTTP status when the body is Alibaba's JSON envelope. */
 static const struct {
@@ -51,11 +59,13 @@ static const struct {
     const char *code; /* NULL: any code */
     struct failure f;
 } upstream_map[] = {
-    {403, "Throttling.Api", {429, "UpstreamThrottled", "Alibaba throttled the call; retry later"}},
-    {400, NULL, {422, "UpstreamRejected", "Alibaba refused the parameters"}},
-    {403, NULL, {502, "UpstreamForbidden", "Alibaba refused the credentials or the account"}},
-    {500, NULL, {502, "UpstreamInternalError", "Alibaba reported an internal error"}},
-    {0, NULL, {502, "UpstreamError", "Alibaba answered with an error"}},
+    {403,
+     "Throttling.Api",
+     {429, "UpstreamThrottled", "Alibaba throttled the call; retry later", 2}},
+    {400, NULL, {422, "UpstreamRejected", "Alibaba refused the parameters", 0}},
+    {403, NULL, {502, "UpstreamForbidden", "Alibaba refused the credentials or the account", 0}},
+    {500, NULL, {502, "UpstreamInternalError", "Alibaba reported an internal error", 0}},
+    {0, NULL, {502, "UpstreamError", "Alibaba answered with an error", 0}},
 };
 
 enum stage { ST_BEGIN = 0, ST_CALL, ST_FINISH, ST_FAIL };
@@ -80,7 +90,7 @@ struct init_req {
     /* the answer, kept until the database has recorded the outcome */
     int status;
     char *body;
-    const char *extra;
+    char extra[40]; /* extra answer headers: Retry-After */
     char *tx, *url, *protocol, *request_id, *up_code, *up_message;
 };
 
@@ -166,7 +176,14 @@ static void fail_with(struct init_req *r, const struct failure *f, long http, co
     r->body = o ? json_dumps(o, JSON_COMPACT) : NULL;
     json_decref(o);
     r->status = f->status;
-    r->extra = f->status == 429 ? "Retry-After: 2\r\n" : NULL;
+    unsigned long long retry = f->retry_after > 0 ? (unsigned long long)f->retry_after : 0;
+    if (f->retry_after < 0) {
+        uint64_t ms = 0;
+        (void)outbound_gate(r->app->outbound, &ms);
+        retry = ms / 1000 + (ms % 1000 != 0);
+        if (retry < 1) retry = 1;
+    }
+    if (retry) snprintf(r->extra, sizeof r->extra, "Retry-After: %llu\r\n", retry);
     r->up_code = strdup(up_code ? up_code : f->code);
     r->up_message = strdup(up_msg ? up_msg : f->message);
     r->request_id = up_rid ? strdup(up_rid) : NULL;
@@ -204,8 +221,8 @@ static void record_done(struct pg_query *q, PGresult *res, int err)
     } else {
         conn_note(r->c, "initialize_failed", NULL);
         if (r->body)
-            conn_respond(r->c, r->status, "application/json", r->extra, r->body, strlen(r->body),
-                         false);
+            conn_respond(r->c, r->status, "application/json", r->extra[0] ? r->extra : NULL,
+                         r->body, strlen(r->body), false);
         else
             app_error(r->c, 500, "InternalError", "out of memory", NULL, NULL);
     }
@@ -231,6 +248,7 @@ static void call_done(struct out_call *call, const struct out_result *res)
     case OUT_BROKEN: fail_with(r, &f_broken, 0, NULL, res->error, NULL); return;
     case OUT_TOO_BIG: fail_with(r, &f_garbage, 0, NULL, res->error, NULL); return;
     case OUT_OTHER: fail_with(r, &f_other, 0, NULL, res->error, NULL); return;
+    case OUT_CIRCUIT: fail_with(r, &f_circuit, 0, NULL, res->error, NULL); return;
     }
     if (!res->parsed) {
         fail_with(r, &f_garbage, res->http_status, NULL, NULL, NULL);

@@ -290,6 +290,9 @@ static int cmd_serve(const char *config_path)
             .qps = d.cfg.alibaba_qps,
             .timeout_ms = d.cfg.alibaba_timeout_ms,
             .connect_timeout_ms = d.cfg.alibaba_connect_timeout_ms,
+            .circuit_failures = d.cfg.alibaba_circuit_failures,
+            .circuit_open_ms = d.cfg.alibaba_circuit_open_ms,
+            .circuit_max_open_ms = d.cfg.alibaba_circuit_max_open_ms,
         };
         if (outbound_new(&app->outbound, loop, &oo) != 0) {
             fprintf(stderr, "idv-callbackd: alibaba_endpoint: cannot be used\n");

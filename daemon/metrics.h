@@ -61,6 +61,12 @@ struct metrics {
     uint64_t outbound[MA__COUNT][600];      /* by action and HTTP status (0: transport error) */
     uint64_t outbound_throttled[MA__COUNT]; /* answers with a Throttling.* Code */
     uint64_t confirmations, disagreements, confirm_retries, confirm_giveups;
+    /* outbound.c: connections to Alibaba not reused after an unclean
+     * exchange; the circuit (enum circuit_state), its openings, and the calls
+     * it refused */
+    uint64_t outbound_conns_retired;
+    uint64_t alibaba_circuit_state;
+    uint64_t alibaba_circuit_opens, alibaba_calls_short_circuited;
 };
 
 extern struct metrics g_metrics;

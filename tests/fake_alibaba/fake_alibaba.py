@@ -67,7 +67,20 @@ DEFAULT_MESSAGES = {
     "InternalError": "Internal system error.",
     "ServiceUnavailable": "The request has failed due to a temporary failure of the server.",
 }
-BEHAVIOURS = ("error", "stall", "close_mid_response", "garbage", "truncated", "reset", "delay")
+BEHAVIOURS = ("error", "stall", "close_mid_response", "garbage", "truncated", "reset", "delay",
+              "stray", "overlong")
+# What `stray` writes after a correct answer by default: the head of a second
+# response whose body never comes, so that a client reusing the connection
+# reads it as the answer to its next request and waits for the body.
+DEFAULT_STRAY = ("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                 "Content-Length: 4096\r\n\r\n{")
+# What `overlong` sends after the body its Content-Length announced.
+DEFAULT_OVERLONG = "\r\n<html>502 Bad Gateway</html>\r\n"
+# Headers Alibaba's V3 rule wants signed whenever a request carries them
+# (besides the six REQUIRED_SIGNED): content-type, and every x-acs-* one.
+def must_be_signed(name):
+    n = name.lower()
+    return n in ("host", "content-type") or n.startswith("x-acs-")
 RESULT_FIELDS = ("ExtBasicInfo", "ExtFaceInfo", "ExtIdInfo", "ExtInfo", "ExtRiskInfo",
                  "ExtSourceInfo", "EkycResult")
 
@@ -206,6 +219,8 @@ class _TLSServer(ThreadingHTTPServer):
         super().__init__(addr, handler)
 
     def finish_request(self, request, client_address):
+        if self.fake._dark_accept(request):
+            return
         try:
             request.settimeout(10)
             tls = self.ssl_ctx.wrap_socket(request, server_side=True)
@@ -341,7 +356,7 @@ class FakeAlibaba:
         self._server = self._control = None
         self._threads = []
         self._config = {"probeCallback": probe_callback, "callbackCaFile": callback_ca_file,
-                        "callbackVerify": True}
+                        "callbackVerify": True, "strictSignedHeaders": True}
         self._reset_state()
 
     # ---- lifecycle
@@ -415,6 +430,54 @@ class FakeAlibaba:
             self._nonces = {}
             self._queues = {}
             self._clock_offset = 0.0
+            self._dark = False
+            self._dark_counts = {"connections": 0, "requests": 0}
+
+    # ---- dark: accepts connections and never answers
+    def set_dark(self, on):
+        """While dark the API accepts TCP connections and never answers: no TLS
+        handshake on a new connection, no answer to a request on a kept-alive
+        one (what a black-holed upstream or a hung load balancer looks like).
+        Counted in counters()["dark"]. When it ends, the connections held are
+        closed without an answer."""
+        with self._lock:
+            self._dark = bool(on)
+            return {"dark": self._dark, **self._dark_counts}
+
+    def dark(self):
+        with self._lock:
+            return self._dark
+
+    def _hold_while_dark(self, sock):
+        """Holds a connection without answering until the dark period ends, the
+        client closes or the fake stops; then closes it."""
+        while not self._stop.is_set() and self.dark():
+            try:
+                sock.settimeout(0.1)
+                data = sock.recv(4096)
+            except (TimeoutError, socket.timeout, ssl.SSLWantReadError):
+                continue
+            except (OSError, ssl.SSLError):
+                break
+            if not data:
+                break
+        try:
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def _dark_accept(self, sock):
+        """A new API connection: held unanswered when dark (True), else False."""
+        with self._lock:
+            if not self._dark:
+                return False
+            self._dark_counts["connections"] += 1
+        self._hold_while_dark(sock)
+        try:
+            sock.close()
+        except OSError:
+            pass
+        return True
 
     def reset(self):
         """Forgets requests, counters, transactions, nonces, queued behaviours
@@ -439,7 +502,7 @@ class FakeAlibaba:
                     if v not in ("off", "https", "http"):
                         raise ValueError("probeCallback must be off, https or http")
                     self._config[k] = v
-                elif k in ("callbackCaFile", "callbackVerify"):
+                elif k in ("callbackCaFile", "callbackVerify", "strictSignedHeaders"):
                     self._config[k] = v
                 elif k == "maxSkew":
                     self.max_skew = float(v)
@@ -471,7 +534,8 @@ class FakeAlibaba:
         with self._lock:
             return {"calls": dict(self._calls),
                     "tlsHandshakeFailures": self._counters["tlsHandshakeFailures"],
-                    "tlsErrors": list(self._tls_errors)}
+                    "tlsErrors": list(self._tls_errors),
+                    "dark": dict(self._dark_counts, on=self._dark)}
 
     def calls(self, action):
         with self._lock:
@@ -495,7 +559,8 @@ class FakeAlibaba:
             raise ValueError(f"behaviour must be one of {', '.join(BEHAVIOURS)}")
         if action not in ACTIONS + ("*",):
             raise ValueError(f"action must be one of {', '.join(ACTIONS)} or *")
-        unknown = set(kw) - {"status", "code", "message", "seconds", "ms", "extra", "process"}
+        unknown = set(kw) - {"status", "code", "message", "seconds", "ms", "extra", "process",
+                             "data"}
         if unknown:
             raise ValueError(f"unknown behaviour setting(s): {', '.join(sorted(unknown))}")
         count = int(count)
@@ -514,8 +579,13 @@ class FakeAlibaba:
             b["ms"] = int(kw.get("ms", 1000))
         elif behaviour == "truncated":
             b["extra"] = max(1, int(kw.get("extra", 64)))
+        elif behaviour == "stray":
+            b["ms"] = int(kw.get("ms", 100))
+            b["data"] = str(kw.get("data", DEFAULT_STRAY))
+        elif behaviour == "overlong":
+            b["data"] = str(kw.get("data", DEFAULT_OVERLONG))
         b["process"] = bool(kw.get("process", behaviour in ("close_mid_response", "truncated",
-                                                            "delay")))
+                                                            "delay", "stray", "overlong")))
         with self._lock:
             q = self._queues.setdefault(action, [])
             q.extend(dict(b) for _ in range(count))
@@ -726,6 +796,14 @@ class FakeAlibaba:
                 return akid, ApiError(400, "IncompleteSignature",
                                       f"The signed header {n} is "
                                       f"{'missing' if not vals else 'repeated'}.")
+        # Alibaba's V3 rule: every header the request carries that is one of
+        # the signed kinds (content-type, x-acs-*) must be signed; a gateway
+        # may refuse an unsigned one. (Off with strictSignedHeaders = false.)
+        if self._config.get("strictSignedHeaders", True):
+            for n in sorted({k.lower() for k in h.headers.keys()}):
+                if must_be_signed(n) and n not in signed:
+                    return akid, ApiError(400, "IncompleteSignature",
+                                          f"The header {n} is present but not signed.")
         secret = self.access_keys.get(akid)
         if secret is None:
             return akid, ApiError(403, "InvalidAccessKeyId.NotFound",
@@ -763,6 +841,15 @@ class FakeAlibaba:
         return akid, None
 
     def _handle_api(self, h):
+        with self._lock:
+            dark = self._dark
+            if dark:
+                self._dark_counts["requests"] += 1
+        if dark:
+            # A request on a connection kept alive from before: never answered.
+            h.close_connection = True
+            self._hold_while_dark(h.connection)
+            return
         rid = new_request_id()
         split = urllib.parse.urlsplit(h.path)
         path, raw_query = split.path or "/", split.query
@@ -771,10 +858,12 @@ class FakeAlibaba:
             headers.setdefault(k.lower(), h.headers.get(k))
         action = headers.get("x-acs-action", "")
         entry = {"time": time.time(), "action": action, "method": h.command, "path": path,
-                 "rawQuery": raw_query, "headers": headers, "requestId": rid,
+                 "rawQuery": raw_query, "headers": headers,
+                 "rawHeaders": [[k, v] for k, v in h.headers.items()], "requestId": rid,
                  "signatureVerified": False, "authError": None, "accessKeyId": None,
                  "behaviour": None, "status": None, "code": None, "transactionId": None,
-                 "outcome": None, "callbackProbe": None, "stallEnded": None}
+                 "outcome": None, "callbackProbe": None, "stallEnded": None,
+                 "strayWritten": None}
         with self._lock:
             self._calls[action] = self._calls.get(action, 0) + 1
         try:
@@ -845,6 +934,26 @@ class FakeAlibaba:
             except OSError:
                 pass
             self._hard_close(h, shutdown=False)
+            return
+        if kind in ("stray", "overlong"):
+            # A correct answer (the connection kept alive), then bytes that
+            # belong to no answer: `stray` writes them after `ms`, on their
+            # own; `overlong` right after the body, as if the body were longer
+            # than its Content-Length. Both in a TLS record of their own, so a
+            # client cannot see them while it reads the answer.
+            if status is None:
+                status, obj = self._process(h, entry, err, params, path, rid)
+            self._finish(entry, status, obj, kind)
+            h.send_json(status, obj, {"x-acs-request-id": rid})
+            try:
+                h.wfile.flush()
+                if kind == "stray":
+                    self._stop.wait(b["ms"] / 1000.0)
+                h.wfile.write(b["data"].encode())
+                h.wfile.flush()
+                self._set(entry, strayWritten=time.time())
+            except OSError:
+                pass
             return
         if kind == "garbage":
             data = (b"<html><head><title>502 Bad Gateway</title></head><body>"
@@ -1117,6 +1226,8 @@ class FakeAlibaba:
                 return 200, self.configure()
             if m == "POST":
                 return 200, self.configure(**body)
+        if parts == ["dark"] and m == "POST":
+            return 200, self.set_dark(body.get("dark", True))
         if parts == ["reset"] and m == "POST":
             self.reset()
             return 200, {"ok": True}
@@ -1168,6 +1279,9 @@ class Control:
 
     def reset(self):
         return self.call("POST", "/reset", {})
+
+    def set_dark(self, on=True):
+        return self.call("POST", "/dark", {"dark": bool(on)})
 
 
 def main(argv=None):

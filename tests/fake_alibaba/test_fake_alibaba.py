@@ -105,14 +105,18 @@ class Env:
         return http.client.HTTPSConnection(host, self.port, timeout=timeout, context=self.tls())
 
     def call(self, action, params, akid=AKID, secret=SECRET, date=None, nonce=None, body=b"",
-             version=fake_alibaba.API_VERSION, mutate=None, timeout=10, extra_headers=None):
+             version=fake_alibaba.API_VERSION, mutate=None, timeout=10, extra_headers=None,
+             signed_extra=None):
         """A signed API call; returns (status, headers, body bytes, JSON or None).
-        mutate(query_string, headers) may change the request after signing."""
+        mutate(query_string, headers) may change the request after signing;
+        signed_extra are headers signed with the others, extra_headers are
+        added after signing."""
         query = [(k, v) for k, v in params.items()]
         headers = {"host": f"127.0.0.1:{self.port}", "x-acs-action": action,
                    "x-acs-version": version, "x-acs-date": date or utc(time.time()),
                    "x-acs-signature-nonce": nonce or uuid.uuid4().hex,
                    "x-acs-content-sha256": hexsha(body)}
+        headers.update(signed_extra or {})
         sh, sig, cq = test_signature(secret, "POST", query, headers, body)
         headers["Authorization"] = f"ACS3-HMAC-SHA256 Credential={akid},SignedHeaders={sh},Signature={sig}"
         headers.update(extra_headers or {})
@@ -338,8 +342,19 @@ def case_auth_rejections(ctx):
                     "body not matching x-acs-content-sha256")
         # A body whose hash is signed correctly is fine.
         st, _, _, obj = e.call("Initialize", init_params(), body=b"{}",
-                               extra_headers={"Content-Type": "application/json"})
+                               signed_extra={"Content-Type": "application/json"})
         check_eq(st, 200, f"signed non-empty body ({obj})")
+        # A header of a signed kind the request carries unsigned is refused
+        # (Alibaba's rule; the fake is strict unless told otherwise).
+        for extra in ({"Content-Type": "application/x-www-form-urlencoded"},
+                      {"x-acs-extra": "1"}):
+            check_error(e.call("Initialize", init_params(), extra_headers=extra), 400,
+                        "IncompleteSignature", f"unsigned {extra}")
+        e.fake.configure(strictSignedHeaders=False)
+        st, _, _, obj = e.call("Initialize", init_params(),
+                               extra_headers={"Content-Type": "text/plain"})
+        check_eq(st, 200, f"unsigned Content-Type with strictSignedHeaders off ({obj})")
+        e.fake.configure(strictSignedHeaders=True)
 
         check_error(e.call("Initialize", init_params(),
                            mutate=lambda cq, h: (cq, {k: v for k, v in h.items()
@@ -360,7 +375,7 @@ def case_auth_rejections(ctx):
         hdr["x-acs-date"] = utc(time.time())
         hdr["Authorization"] = f"ACS3-HMAC-SHA256 Credential={AKID},SignedHeaders={sh},Signature={sig}"
         check_error(e.raw_call("/?" + cq, hdr), 400, "IncompleteSignature", "x-acs-date unsigned")
-        check_eq(len(e.fake.transactions()), 4, "only the accepted calls made transactions")
+        check_eq(len(e.fake.transactions()), 5, "only the accepted calls made transactions")
 
 
 def case_initialize_validation(ctx):
@@ -657,6 +672,96 @@ def case_behaviour_truncated(ctx):
                   if l.lower().startswith(b"content-length:")][0])
         check_eq(cl, len(body) + 64, "Content-Length overstates by 64")
         json.loads(body)
+
+
+def raw_signed_request(e, action, pairs):
+    """The bytes of a signed POST (keep-alive) for a raw TLS socket."""
+    hdr = {"host": f"127.0.0.1:{e.port}", "x-acs-action": action,
+           "x-acs-version": fake_alibaba.API_VERSION, "x-acs-date": utc(time.time()),
+           "x-acs-signature-nonce": uuid.uuid4().hex, "x-acs-content-sha256": hexsha(b"")}
+    sh, sig, cq = test_signature(SECRET, "POST", pairs, hdr)
+    return (f"POST /?{cq} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in hdr.items())
+            + f"Authorization: ACS3-HMAC-SHA256 Credential={AKID},SignedHeaders={sh},"
+            f"Signature={sig}\r\nContent-Length: 0\r\n\r\n").encode()
+
+
+def read_for(s, seconds):
+    """Everything the socket delivers within `seconds` (or until EOF)."""
+    data = b""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        s.settimeout(max(0.01, end - time.monotonic()))
+        try:
+            b = s.recv(65536)
+        except (TimeoutError, socket.timeout):
+            break
+        except (ssl.SSLError, OSError):
+            break
+        if not b:
+            break
+        data += b
+    return data
+
+
+def case_behaviour_stray_overlong(ctx):
+    """stray and overlong send a complete, well-framed answer and keep the
+    connection open; then bytes that belong to no answer: after `ms` for
+    stray, right after the body for overlong. The connection still serves
+    the next request."""
+    with Env(ctx) as e:
+        p, tx = e.initialize()
+        pairs = [("MerchantBizId", p["MerchantBizId"]), ("TransactionId", tx)]
+        for kind, kw, tail in (("stray", {"ms": 50, "data": "XYZ"}, b"XYZ"),
+                               ("overlong", {}, fake_alibaba.DEFAULT_OVERLONG.encode())):
+            e.fake.queue("CheckResult", kind, **kw)
+            s = e.tls().wrap_socket(socket.create_connection(("127.0.0.1", e.port), timeout=10),
+                                    server_hostname="127.0.0.1")
+            s.sendall(raw_signed_request(e, "CheckResult", pairs))
+            data = read_for(s, 1.0)
+            head, _, rest = data.partition(b"\r\n\r\n")
+            cl = int([l.split(b":", 1)[1] for l in head.split(b"\r\n")
+                      if l.lower().startswith(b"content-length:")][0])
+            check_eq(json.loads(rest[:cl])["Code"], "Success", f"{kind}: the answer")
+            check_eq(rest[cl:], tail, f"{kind}: what follows the body")
+            s.sendall(raw_signed_request(e, "CheckResult", pairs))
+            check(read_for(s, 2.0).startswith(b"HTTP/1.1 200"), f"{kind}: kept alive")
+            s.close()
+            check(e.fake.requests()[-2]["strayWritten"], f"{kind}: logged")
+
+
+def case_dark(ctx):
+    """While dark the fake accepts connections and never answers (no TLS
+    handshake; no answer on a connection kept from before), counting both;
+    when it ends, held connections are closed and calls are answered again."""
+    with Env(ctx) as e:
+        p, tx = e.initialize()
+        pairs = [("MerchantBizId", p["MerchantBizId"]), ("TransactionId", tx)]
+        kept = e.tls().wrap_socket(socket.create_connection(("127.0.0.1", e.port), timeout=10),
+                                   server_hostname="127.0.0.1")
+        kept.sendall(raw_signed_request(e, "CheckResult", pairs))
+        check(read_for(kept, 2.0).startswith(b"HTTP/1.1 200"), "answered before dark")
+        ctl = fake_alibaba.Control(e.fake.control_port)
+        check_eq(ctl.set_dark(True)["dark"], True, "dark on")
+        raw = socket.create_connection(("127.0.0.1", e.port), timeout=10)
+        raw.settimeout(0.5)
+        try:
+            e.tls().wrap_socket(raw, server_hostname="127.0.0.1", do_handshake_on_connect=True)
+            check(False, "the handshake completed while dark")
+        except (TimeoutError, socket.timeout):
+            pass
+        kept.sendall(raw_signed_request(e, "CheckResult", pairs))
+        check_eq(read_for(kept, 0.5), b"", "no answer on the kept connection")
+        wait_until(lambda: e.fake.counters()["dark"]["requests"] == 1, 10,
+                   what="the request on the kept connection to be counted")
+        check_eq(e.fake.counters()["dark"]["connections"], 1, "dark connections")
+        calls = e.fake.calls("CheckResult")
+        ctl.set_dark(False)
+        check_eq(read_for(kept, 2.0), b"", "held connection closed without an answer")
+        st, _, _, obj = e.call("CheckResult", dict(pairs))
+        check_eq((st, obj["Code"]), (200, "Success"), "answered after dark")
+        check_eq(e.fake.calls("CheckResult"), calls + 1, "dark requests are not calls")
+        kept.close()
+        raw.close()
 
 
 def case_behaviour_reset(ctx):

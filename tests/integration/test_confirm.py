@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 
 HERE = os.path.dirname(__file__)
 sys.path.insert(0, os.path.join(HERE, "..", "lib"))
@@ -126,6 +127,120 @@ def case_outage_then_recovery(ctx):
     wait_status(s.pg, tx, "not_passed")
     check_eq(s.fake.calls("CheckResult"), 5, "four failures and the answer")
     check_eq(status_of(s.pg, tx)[3], "t", "confirmed")
+
+
+# The circuit of the dark test: open after 3 consecutive connect failures or
+# timeouts, probe after 1 s (x0.5..x1.5), doubling up to 2 s.
+CIRCUIT = dict(alibaba_circuit_failures=3, alibaba_circuit_open_ms=1000,
+               alibaba_circuit_max_open_ms=2000)
+
+
+def case_dark_then_back(ctx):
+    """Alibaba goes dark (accepts connections, never answers) for a while, then
+    comes back. Once the circuit is open, POST /v1/transactions answers at once
+    503 UpstreamUnavailable with Retry-After and no call is made; the
+    confirmation queue and the sweeper hold their items (no attempt burned,
+    none given up); the calls that reach Alibaba while it is dark are bounded
+    by the circuit's schedule; once it is back the first call succeeds without
+    a restart and every confirmation completes. Throttling still gets its 429
+    and does not open the circuit."""
+    n = 6
+    dark_s = 6.0
+    s = start(ctx, alibaba_timeout_ms=1500, **CIRCUIT)
+    txs = [new_tx(s, f"dark{i}") for i in range(n)]
+    swept = new_tx(s, "darksw")
+    for tx in txs + [swept]:
+        s.fake.set_result(tx, "Y", "200")
+    s.fake.set_dark(True)
+    t_dark = time.monotonic()
+    for tx in txs:
+        check_eq(json.loads(s.fake.deliver_callback(tx, scheme="http")["body"]),
+                 {"result": "accepted"}, "callback while Alibaba is dark")
+    # Expired without a callback: the sweeper queues it while Alibaba is dark.
+    s.pg.psql("UPDATE idv.transactions SET expires_at = now() - interval '1 second'"
+              f" WHERE transaction_id = '{swept}'")
+    # Initialize until the circuit answers for Alibaba.
+    before = []
+
+    def initialize_until_open():
+        t0 = time.monotonic()
+        st, b, hd = init(s.d, body(biz=f"dk{len(before)}"))
+        before.append((st, b.get("code"), round(time.monotonic() - t0, 3)))
+        return st == 503 and b.get("code") == "UpstreamUnavailable"
+    try:
+        wait_until(initialize_until_open, 60, 0.01, what="the circuit to open")
+    finally:
+        gave = s.pg.psql("SELECT count(*) FROM idv.work_queue WHERE gave_up")
+        print(f"Initialize while dark, until the circuit opened: {len(before)} calls,"
+              f" {sorted(set((x[0], x[1]) for x in before))}, slowest {max(x[2] for x in before)}"
+              f" s; {s.fake.counters()['dark']}; confirmations given up: {gave}")
+    open_answers = []
+    for i in range(5):
+        t0 = time.monotonic()
+        st, b, hd = init(s.d, body(biz=f"dko{i}"))
+        open_answers.append(round(time.monotonic() - t0, 3))
+        check_eq((st, b.get("code")), (503, "UpstreamUnavailable"), f"while open: {b}")
+        check(int(hd.get("Retry-After", "0")) >= 1, f"Retry-After: {hd}")
+    print(f"Initialize while the circuit is open: 503 in {open_answers} s")
+    m = s.d.metrics()
+    check(idvtest.metric_value(m, "idv_alibaba_circuit_state") in (1.0, 2.0),
+          "circuit state open or half-open in /metrics")
+    wait_until(lambda: s.pg.psql("SELECT count(*) FROM idv.work_queue WHERE kind = 'sweep'")
+               == "1", 30, what="the sweeper to queue the expired transaction")
+    time.sleep(max(0.0, dark_s - (time.monotonic() - t_dark)))
+    q = s.pg.rows("SELECT count(*) FILTER (WHERE gave_up), max(attempts),"
+                  " count(*) FILTER (WHERE done_at IS NULL) FROM idv.work_queue")[0]
+    dark = s.fake.counters()["dark"]
+    calls_dark = dark["connections"] + dark["requests"]
+    dark_for = time.monotonic() - t_dark
+    s.fake.set_dark(False)
+    t_back = time.monotonic()
+    print(f"after {dark_for:.1f} s dark: items given up {q[0]}, most attempts {q[1]},"
+          f" waiting {q[2]}; calls that reached Alibaba while dark: {calls_dark}"
+          f" ({dark['connections']} connections, {dark['requests']} requests on kept ones)")
+    check_eq(q[0], "0", "items given up while Alibaba was dark")
+    check_eq(q[2], str(n + 1), "items waiting")
+    # In flight when it went dark: the n items, one Initialize; then at most one
+    # probe per open period, which lasts at least half of the open time.
+    bound = n + 1 + int(dark_for / 0.5) + 1
+    check(calls_dark <= bound, f"calls while dark {calls_dark} > {bound}")
+
+    first = {}
+
+    def first_success():
+        st, b, _ = init(s.d, body(biz=f"back{len(first)}"))
+        first[len(first)] = st
+        return st == 201
+    wait_until(first_success, 60, 0.02, what="an Initialize to succeed again")
+    to_first = time.monotonic() - t_back
+    wait_until(lambda: s.pg.psql("SELECT count(*) FROM idv.work_queue WHERE done_at IS NULL")
+               == "0", 60, what="every held item to complete")
+    to_all = time.monotonic() - t_back
+    done = s.pg.rows("SELECT count(*) FILTER (WHERE outcome = 'confirmed'),"
+                     " count(*) FILTER (WHERE gave_up) FROM idv.work_queue")[0]
+    check_eq(done, [str(n + 1), "0"], "items confirmed, given up")
+    check_eq(s.pg.psql("SELECT count(*) FROM idv.transactions WHERE status = 'passed'"
+                       " AND confirmed"), str(n + 1), "transactions confirmed")
+    m = s.d.metrics()
+    check_eq(idvtest.metric_value(m, "idv_alibaba_circuit_state"), 0.0, "circuit closed")
+    check(idvtest.metric_value(m, "idv_alibaba_circuit_opens_total") >= 1, "opens counted")
+    check(idvtest.metric_value(m, "idv_alibaba_calls_short_circuited_total") >= 5,
+          "short-circuited calls counted")
+    logs = s.d.logs()
+    check("circuit opened" in logs and "circuit closed" in logs, "log lines on open and close")
+    print("\n".join(line for line in logs.splitlines() if "circuit" in line))
+    # Throttling is an answer: 429 as before, the circuit stays closed.
+    s.fake.queue("Initialize", "error", count=4, status=403, code="Throttling.Api")
+    for i in range(4):
+        st, b, hd = init(s.d, body(biz=f"thr{i}"))
+        check_eq((st, b.get("code"), hd.get("Retry-After")), (429, "UpstreamThrottled", "2"),
+                 "throttled")
+    check_eq(idvtest.metric_value(s.d.metrics(), "idv_alibaba_circuit_state"), 0.0,
+             "throttling does not open the circuit")
+    print(f"dark then back: calls made while dark {calls_dark} (bound {bound}); time to the"
+          f" first success after {to_first:.2f} s; confirmations completed {done[0]} of"
+          f" {n + 1} (all held items done {to_all:.2f} s after); given up {done[1]}")
+    s.d.stop_clean()
 
 
 def case_give_up_stays_visible(ctx):

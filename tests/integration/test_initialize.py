@@ -336,6 +336,73 @@ def case_qps_bound(ctx):
     check(times[-1] - times[0] >= 1.8, f"six calls in under two seconds: {times}")
 
 
+def wait_stray_written(fake, biz):
+    """The fake wrote its stray bytes after the answer to biz's Initialize."""
+    def written():
+        for r in fake.requests("Initialize"):
+            if r["params"].get("MerchantBizId") == biz and r["strayWritten"]:
+                return True
+        return False
+    wait_until(written, 30, what="the stray bytes to be written")
+
+
+def case_stray_bytes_after_answer(ctx):
+    """Alibaba answers correctly, then writes stray bytes on the kept-alive
+    connection (the head of a second answer). The connection is not used
+    again: the next Initialize is answered 201 (before: it read the stray
+    bytes as its answer, waited for a body that never came, 504)."""
+    s = alibaba(ctx, alibaba_timeout_ms=3000)
+    s.fake.queue("Initialize", "stray", ms=20)
+    st, b, _ = init(s.d, body(biz="stray1"))
+    check_eq(st, 201, f"the correct answer: {b}")
+    wait_stray_written(s.fake, "stray1")
+    t0 = time.monotonic()
+    st, b, _ = init(s.d, body(biz="stray2"))
+    print(f"the next Initialize: {st} {b.get('code', '')} after {time.monotonic() - t0:.3f} s")
+    check_eq(st, 201, f"the next Initialize: {b}")
+    check_eq(s.fake.calls("Initialize"), 2, "upstream calls")
+    retired = idvtest.metric_value(s.d.metrics(), "idv_alibaba_connections_retired_total")
+    check_eq(retired, 1.0, "connections retired")
+
+
+def case_body_longer_than_content_length(ctx):
+    """Alibaba's answer carries more bytes than its Content-Length: the JSON
+    announced is used, the connection is not (before: the next call read the
+    excess as its answer, 502 "Received HTTP/0.9 when not allowed")."""
+    s = alibaba(ctx, alibaba_timeout_ms=3000)
+    s.fake.queue("Initialize", "overlong")
+    st, b, _ = init(s.d, body(biz="long1"))
+    check_eq(st, 201, f"the announced answer: {b}")
+    wait_stray_written(s.fake, "long1")
+    st, b, _ = init(s.d, body(biz="long2"))
+    print(f"the next Initialize: {st} {b.get('code', '')} {b.get('upstreamMessage', '')}")
+    check_eq(st, 201, f"the next Initialize: {b}")
+    retired = idvtest.metric_value(s.d.metrics(), "idv_alibaba_connections_retired_total")
+    check_eq(retired, 1.0, "connections retired")
+
+
+def case_no_unsigned_header(ctx):
+    """What the daemon puts on the wire (headers as the fake received them)
+    carries no header of a kind Alibaba signs (host, content-type, x-acs-*)
+    that is not in SignedHeaders, and no Content-Type on its empty body, like
+    Alibaba's own client (before: libcurl added an unsigned
+    `Content-Type: application/x-www-form-urlencoded`, and a strict gateway,
+    here the fake, refused every call)."""
+    s = alibaba(ctx)
+    st, b, _ = init(s.d, body(biz="hdr1"))
+    r = s.fake.requests("Initialize")[-1]
+    names = [k.lower() for k, _ in r["rawHeaders"]]
+    auth = fake_alibaba.parse_authorization(r["headers"]["authorization"])
+    signed = auth["SignedHeaders"].split(";") if auth else []
+    print("headers sent:", ", ".join(f"{k}" for k, _ in r["rawHeaders"]))
+    print("signed:", ";".join(signed))
+    unsigned = [n for n in names if fake_alibaba.must_be_signed(n) and n not in signed]
+    check_eq(unsigned, [], "headers of a signed kind left unsigned")
+    check("content-type" not in names, "no Content-Type on an empty body")
+    check_eq(len(names), len(set(names)), f"a header repeated: {names}")
+    check_eq((st, r["authError"]), (201, None), f"accepted by the strict fake: {b}")
+
+
 def case_public_base_url_must_be_https(ctx):
     """With credentials, the daemon refuses to start unless public_base_url is
     https (Alibaba only calls https callback URLs)."""

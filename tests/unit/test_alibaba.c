@@ -33,25 +33,85 @@ static void known_answer(void)
     free(q);
 }
 
-/* alibaba_sign() with the known answer's inputs gives the same signature and a
- * well-formed Authorization header. */
+/* The known answer's request as the daemon would send it: headers in sending
+ * order and case, with headers Alibaba does not sign (Accept, User-Agent)
+ * among them. */
+#define KA_QUERY "ImageId=win2019_1809_x64_dtc_zh-cn_40G_alibase_20230811.vhd&RegionId=cn-shanghai"
+#define KA_SHA   "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+
+/* alibaba_sign() picks the headers to sign from what is sent: the known
+ * answer's signature, and a well-formed Authorization. */
 static void sign_matches_known_answer(void)
 {
+    const struct kv sent[] = {
+        {"Host", "ecs.cn-shanghai.aliyuncs.com"},
+        {"X-Acs-Action", "RunInstances"},
+        {"x-acs-version", "2014-05-26"},
+        {"Accept", "application/json"},
+        {"x-acs-date", "2023-10-26T09:01:01Z"},
+        {"x-acs-signature-nonce", "d410180a5abf7fe235dd9b74aca91fc0"},
+        {"User-Agent", "idv-callbackd"},
+        {"x-acs-content-sha256", KA_SHA},
+    };
     struct alibaba_signed s;
-    /* 2023-10-26T09:01:01Z */
-    time_t t = 1698310861;
-    const char *q =
-        "ImageId=win2019_1809_x64_dtc_zh-cn_40G_alibase_20230811.vhd&RegionId=cn-shanghai";
-    CHECK_INT(alibaba_sign("YourAccessKeyId", "YourAccessKeySecret", "POST", q,
-                           "ecs.cn-shanghai.aliyuncs.com", "RunInstances", "2014-05-26", t,
-                           "d410180a5abf7fe235dd9b74aca91fc0", "", 0, &s),
+    CHECK_INT(alibaba_sign("YourAccessKeyId", "YourAccessKeySecret", "POST", "/", KA_QUERY, sent,
+                           sizeof sent / sizeof sent[0], KA_SHA, &s),
               0);
-    CHECK_STR(s.date, "2023-10-26T09:01:01Z");
     CHECK_STR(s.signature, "e521358f7776c97df52e6b2891a8bc73026794a071b50c3323388c4e0df64804");
     CHECK_STR(s.authorization,
               "ACS3-HMAC-SHA256 Credential=YourAccessKeyId,SignedHeaders=host;x-acs-action;"
               "x-acs-content-sha256;x-acs-date;x-acs-signature-nonce;x-acs-version,"
               "Signature=e521358f7776c97df52e6b2891a8bc73026794a071b50c3323388c4e0df64804");
+    char date[32];
+    CHECK_INT(alibaba_date(1698310861, date), 0);
+    CHECK_STR(date, "2023-10-26T09:01:01Z");
+}
+
+/* A request that carries a Content-Type gets it signed, as Alibaba's rule and
+ * its library want. The expected value is what @alicloud/openapi-util 0.3.3
+ * getAuthorization() computes for the known answer's request plus
+ * `Content-Type: application/x-www-form-urlencoded` and `Accept`. */
+static void sign_includes_content_type(void)
+{
+    const struct kv sent[] = {
+        {"host", "ecs.cn-shanghai.aliyuncs.com"},
+        {"x-acs-action", "RunInstances"},
+        {"x-acs-version", "2014-05-26"},
+        {"x-acs-date", "2023-10-26T09:01:01Z"},
+        {"x-acs-signature-nonce", "d410180a5abf7fe235dd9b74aca91fc0"},
+        {"x-acs-content-sha256", KA_SHA},
+        {"Content-Type", "application/x-www-form-urlencoded"},
+        {"Accept", "application/json"},
+    };
+    struct alibaba_signed s;
+    CHECK_INT(alibaba_sign("YourAccessKeyId", "YourAccessKeySecret", "POST", "/", KA_QUERY, sent,
+                           sizeof sent / sizeof sent[0], KA_SHA, &s),
+              0);
+    CHECK_STR(s.signed_headers, "content-type;host;x-acs-action;x-acs-content-sha256;x-acs-date;"
+                                "x-acs-signature-nonce;x-acs-version");
+    CHECK_STR(s.signature, "de3c7bce26e3f9aa24a97185c739296b7c946c18555a45fa035e9c4f28de9c61");
+}
+
+/* Which headers are signed: host, content-type, x-acs-* in any case; a
+ * signed header given twice is refused rather than signed ambiguously. */
+static void signed_header_rule(void)
+{
+    CHECK(alibaba_header_signed("Host"));
+    CHECK(alibaba_header_signed("content-TYPE"));
+    CHECK(alibaba_header_signed("X-ACS-Signature-Nonce"));
+    CHECK(alibaba_header_signed("x-acs-anything-new"));
+    CHECK(!alibaba_header_signed("Accept"));
+    CHECK(!alibaba_header_signed("User-Agent"));
+    CHECK(!alibaba_header_signed("Content-Length"));
+    CHECK(!alibaba_header_signed("x-acsx"));
+    CHECK(!alibaba_header_signed("Authorization"));
+    const struct kv twice[] = {
+        {"host", "a"},
+        {"x-acs-date", "2023-10-26T09:01:01Z"},
+        {"X-Acs-Date", "2023-10-26T09:01:02Z"},
+    };
+    struct alibaba_signed s;
+    CHECK_INT(alibaba_sign("id", "secret", "POST", "/", "", twice, 3, KA_SHA, &s), IDV_EINVAL);
 }
 
 static char *encode(const char *s)
@@ -196,6 +256,8 @@ static void reply_parse(void)
 static const struct test_case cases[] = {
     TEST(known_answer),
     TEST(sign_matches_known_answer),
+    TEST(sign_includes_content_type),
+    TEST(signed_header_rule),
     TEST(encode_space_star_tilde),
     TEST(encode_reserved),
     TEST(encode_utf8),
