@@ -19,6 +19,8 @@ PACKAGES=(
   # promtool and a real Prometheus (2.42; --no-install-recommends below keeps
   # prometheus-node-exporter out)
   haproxy prometheus
+  # tests/interop: Alibaba's own signing libraries, from npm (package-lock.json)
+  nodejs npm
 )
 
 SUDO=()
@@ -30,9 +32,17 @@ update=0
 [ "${1:-}" = "--update" ] && update=1
 if ! compgen -G "/var/lib/apt/lists/*_Packages" >/dev/null; then update=1; fi
 
+# Installed, or a virtual package an installed one provides (a nodejs build
+# that bundles npm provides npm, and conflicts with Debian's).
+installed() {
+  dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed" && return 0
+  dpkg-query -W -f='${Status}|${Provides}\n' 2>/dev/null | sed -n 's/^install ok installed|//p' |
+    tr ',' '\n' | sed 's/ *(.*//; s/^ *//' | grep -qx -- "$1"
+}
+
 missing=()
 for p in "${PACKAGES[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  installed "$p" || missing+=("$p")
 done
 if [ ${#missing[@]} -eq 0 ]; then
   echo "install-deps: all ${#PACKAGES[@]} packages present"
