@@ -451,16 +451,7 @@ class FakeAlibaba:
     def _hold_while_dark(self, sock):
         """Holds a connection without answering until the dark period ends, the
         client closes or the fake stops; then closes it."""
-        while not self._stop.is_set() and self.dark():
-            try:
-                sock.settimeout(0.1)
-                data = sock.recv(4096)
-            except (TimeoutError, socket.timeout, ssl.SSLWantReadError):
-                continue
-            except (OSError, ssl.SSLError):
-                break
-            if not data:
-                break
+        self._hold(sock, 1e9, lambda: not self.dark())
         try:
             socket.socket.shutdown(sock, socket.SHUT_RDWR)
         except OSError:
@@ -1022,13 +1013,20 @@ class FakeAlibaba:
     def _stall(self, h, seconds):
         """Holds the connection without answering until the client closes it,
         the fake stops, or `seconds` pass. Returns which."""
-        sock = h.connection
+        return self._hold(h.connection, seconds)
+
+    def _hold(self, sock, seconds, ended=lambda: False):
+        """Reads and drops what a held connection sends until the client
+        closes it ("client_closed"), the fake stops ("server_stopped"),
+        `seconds` pass ("timeout") or ended() is true ("ended")."""
         end = time.monotonic() + seconds
         while True:
             if self._stop.is_set():
                 return "server_stopped"
             if time.monotonic() >= end:
                 return "timeout"
+            if ended():
+                return "ended"
             try:
                 sock.settimeout(0.1)
                 data = sock.recv(4096)

@@ -362,7 +362,7 @@ def case_stray_bytes_after_answer(ctx):
     check_eq(st, 201, f"the next Initialize: {b}")
     check_eq(s.fake.calls("Initialize"), 2, "upstream calls")
     retired = idvtest.metric_value(s.d.metrics(), "idv_alibaba_connections_retired_total")
-    check_eq(retired, 1.0, "connections retired")
+    check(retired >= 1, f"connections retired: {retired}")
 
 
 def case_body_longer_than_content_length(ctx):
@@ -378,7 +378,7 @@ def case_body_longer_than_content_length(ctx):
     print(f"the next Initialize: {st} {b.get('code', '')} {b.get('upstreamMessage', '')}")
     check_eq(st, 201, f"the next Initialize: {b}")
     retired = idvtest.metric_value(s.d.metrics(), "idv_alibaba_connections_retired_total")
-    check_eq(retired, 1.0, "connections retired")
+    check(retired >= 1, f"connections retired: {retired}")
 
 
 def case_no_unsigned_header(ctx):
