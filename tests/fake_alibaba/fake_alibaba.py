@@ -540,6 +540,9 @@ class FakeAlibaba:
           delay: ms (then answers normally)
           close_mid_response, truncated: extra (truncated: how many bytes
             Content-Length overstates, default 64)
+          stray: ms (default 100), data - the answer, then data ms later on
+            the kept-alive connection
+          overlong: data - the answer, then data right after its body
           stall, reset, garbage, close_mid_response, truncated: process
             (bool) - also do what a normal call would (create the transaction)
             before misbehaving; default true for close_mid_response and
