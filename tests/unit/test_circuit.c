@@ -128,11 +128,16 @@ static void late_outcomes_and_aborted_probe(void)
     {                                                                                              \
 #name, name                                                                                \
     }
+/* One case a line: tests/unit/CMakeLists.txt registers the cases it finds. */
+/* clang-format off */
 static const struct test_case cases[] = {
-    TEST(opens_after_consecutive_failures), TEST(one_probe_when_time_is_up),
-    TEST(backoff_doubles_to_ceiling),       TEST(jitter_bounds),
+    TEST(opens_after_consecutive_failures),
+    TEST(one_probe_when_time_is_up),
+    TEST(backoff_doubles_to_ceiling),
+    TEST(jitter_bounds),
     TEST(late_outcomes_and_aborted_probe),
 };
+/* clang-format on */
 
 int main(int argc, char **argv)
 {
