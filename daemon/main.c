@@ -6,12 +6,14 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <curl/curl.h>
 #include <jansson.h>
 #include <libpq-fe.h>
 #include <llhttp.h>
 #include <openssl/crypto.h>
+#include <openssl/rand.h>
 #include <uv.h>
 
 #include "admin.h"
@@ -248,6 +250,12 @@ static int cmd_serve(const char *config_path)
     log_setup((enum log_format)d.cfg.log_format, (enum log_level)d.cfg.log_level);
     signal(SIGPIPE, SIG_IGN);
     raise_nofile();
+    /* rand() jitters the back-offs (pool reconnects, confirmation retries, the
+     * Alibaba circuit): seeded per process, or every instance would draw the
+     * same delays and retry in step. */
+    unsigned seed = (unsigned)time(NULL) ^ (unsigned)getpid();
+    (void)RAND_bytes((unsigned char *)&seed, sizeof seed);
+    srand(seed);
 
     uv_loop_t *loop = uv_default_loop();
     struct app *app = &d.app;
