@@ -331,9 +331,12 @@ def case_qps_bound(ctx):
     print("arrival gaps over two calls:", [round(g, 3) for g in gaps])
     # Two call starts per second at most. The fake logs arrivals, which trail
     # the starts by the connection set-up (a TLS handshake for a new
-    # connection, none for a reused one), hence the 0.2 s allowance.
-    check(all(g >= 0.8 for g in gaps), f"more than 2 calls in a second: {gaps}")
-    check(times[-1] - times[0] >= 1.8, f"six calls in under two seconds: {times}")
+    # connection, none for a reused one; hundreds of milliseconds under ASan
+    # on a busy machine, seen: 0.787 s), hence the 0.4 s allowance. Without
+    # the bound the six arrive within a few tens of milliseconds, so the
+    # check still fails when the bound is gone.
+    check(all(g >= 0.6 for g in gaps), f"more than 2 calls in a second: {gaps}")
+    check(times[-1] - times[0] >= 1.5, f"six calls in under two seconds: {times}")
 
 
 def wait_stray_written(fake, biz):
