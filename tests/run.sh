@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: installs what is missing, builds the debug preset and
-# runs every test, then builds the ASan+UBSan preset and runs every test again,
+# runs every test but the `system` label (Patroni, HAProxy, Prometheus, npm:
+# those run once, in the next pass), then builds the ASan+UBSan preset and runs
+# every test,
 # then builds the libFuzzer targets (fuzz preset, clang) and runs each for
 # IDV_FUZZ_SECONDS (60 s by default), the three at once.
 # Usage: tests/run.sh [--quick]   (--quick: debug build only)
