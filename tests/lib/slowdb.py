@@ -176,3 +176,144 @@ def check_all_2xx(replies, label):
             f" {len(bad)} requests sent {tail} failed; e.g. "
             + "; ".join(f"#{r.i} {r.status} after {r.got - r.sent:.3f} s {r.body[:120]!r}"
                         for r in first))
+
+
+Answer = collections.namedtuple(
+    "Answer", "kind instance tx passed sub status result sent got retry_after")
+
+
+class SteadyLoad:
+    """Callbacks and registrations from client threads until stop(), every
+    answer recorded: the load of a failover test.
+
+    instances: [(name, public port, admin port)]; callback thread k sends to
+    instance k % len(instances) (likewise registration threads). Callbacks
+    go through txs ([(transaction id, token)], registered beforehand) in
+    order, each once, then again from the start (duplicates). A registration
+    thread registers new transactions `{prefix}{thread}n{i}`. pause: seconds
+    between one answer and the next request of a thread (keeps two cores
+    free enough for Patroni's loop)."""
+
+    def __init__(self, instances, txs, callback_threads=4, register_threads=4, prefix="g",
+                 salt="SteadyLoad-salt", pause=0.005, timeout=30):
+        self.instances = list(instances)
+        self.txs = txs
+        self.cb_threads = callback_threads
+        self.reg_threads = register_threads
+        self.prefix = prefix
+        self.salt = salt
+        self.pause = pause
+        self.timeout = timeout
+        self.answers = []
+        self.lock = threading.Lock()
+        self.next_tx = 0
+        self.stopping = threading.Event()
+        self.threads = []
+
+    def _callback_job(self):
+        with self.lock:
+            i = self.next_tx % len(self.txs)
+            self.next_tx += 1
+        tx, token = self.txs[i][:2]
+        passed, sub = ("Y", "200") if i % 2 == 0 else ("N", "205")
+        path = (f"/idv/callback?transactionId={tx}&passed={passed}&subCode={sub}"
+                f"&callbackToken={token}")
+        return "callback", tx, passed, sub, "GET", path, None, {}
+
+    def _register_job(self, k, n):
+        tx = f"{self.prefix}{k}n{n}"
+        b = json.dumps({"transactionId": tx, "merchantBizId": f"b{tx}",
+                        "callbackToken": f"{self.salt}-{k}-{n}"})
+        return "register", tx, None, None, "POST", "/v1/transactions/register", b, \
+            admin_headers(b)
+
+    def _worker(self, kind, k):
+        name, public, admin = self.instances[k % len(self.instances)]
+        port = public if kind == "callback" else admin
+        conn = None
+        n = 0
+        while not self.stopping.is_set():
+            job = self._callback_job() if kind == "callback" else self._register_job(k, n)
+            n += 1
+            what, tx, passed, sub, method, path, body, headers = job
+            sent = time.monotonic()
+            try:
+                if conn is None:
+                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=self.timeout)
+                conn.request(method, path, body=body, headers=headers)
+                r = conn.getresponse()
+                data = r.read()
+                try:
+                    j = json.loads(data)
+                    result = j.get("result") or j.get("code") or j.get("transactionId")
+                except ValueError:
+                    result = None
+                a = Answer(what, name, tx, passed, sub, r.status, result, sent,
+                           time.monotonic(), r.getheader("Retry-After"))
+                if r.getheader("Connection", "").lower() == "close":
+                    conn.close()
+                    conn = None
+            except (OSError, http.client.HTTPException) as e:
+                a = Answer(what, name, tx, passed, sub, 0, repr(e), sent, time.monotonic(),
+                           None)
+                if conn is not None:
+                    conn.close()
+                conn = None
+                time.sleep(0.05)
+            with self.lock:
+                self.answers.append(a)
+            if self.pause:
+                time.sleep(self.pause)
+        if conn is not None:
+            conn.close()
+
+    def start(self):
+        for k in range(self.cb_threads):
+            self.threads.append(threading.Thread(target=self._worker, args=("callback", k),
+                                                 daemon=True))
+        for k in range(self.reg_threads):
+            self.threads.append(threading.Thread(target=self._worker, args=("register", k),
+                                                 daemon=True))
+        for t in self.threads:
+            t.start()
+        return self
+
+    def stop(self):
+        self.stopping.set()
+        for t in self.threads:
+            t.join(self.timeout * 2)
+        check(not any(t.is_alive() for t in self.threads), "a load thread did not stop")
+
+    def snapshot(self):
+        with self.lock:
+            return list(self.answers)
+
+    def wait(self, pred, n, timeout, what):
+        """Waits until n answers match pred (a bounded wait, not a timed
+        assertion)."""
+        wait_until(lambda: sum(1 for a in self.snapshot() if pred(a)) >= n, timeout, 0.05, what)
+
+
+def acknowledged(a):
+    """A 2xx that promises the write is committed: a callback accepted or a
+    duplicate, a registration created (201) or confirmed (200)."""
+    if a.kind == "callback":
+        return a.status == 200 and a.result in ("accepted", "duplicate")
+    return a.status in (200, 201)
+
+
+def missing_acknowledged(pg, answers):
+    """The acknowledged answers whose write is not in pg (callbacks: the
+    recorded result must be the one acknowledged)."""
+    results = {r[0]: (r[1], r[2]) for r in
+               pg.rows("SELECT transaction_id, passed, sub_code FROM idv.callback_results")}
+    regs = {r[0] for r in pg.rows("SELECT transaction_id FROM idv.transactions")}
+    lost = []
+    for a in answers:
+        if not acknowledged(a):
+            continue
+        if a.kind == "callback" and results.get(a.tx) != (a.passed, a.sub):
+            lost.append(a)
+        elif a.kind == "register" and a.tx not in regs:
+            lost.append(a)
+    return lost
