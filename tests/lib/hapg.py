@@ -145,7 +145,11 @@ class PatroniNode:
                                        "max_connections": 100},
                     },
                 },
-                "initdb": [{"encoding": "UTF8"}, "no-sync"],
+                # The first node starts from a copy of the tests' initdb
+                # template (idvtest), not an initdb of its own: ~2 s less.
+                "method": "template",
+                "template": {"command": self.bootstrap_script(),
+                             "keep_existing_recovery_conf": False},
             },
             "postgresql": {
                 "listen": f"127.0.0.1:{self.pg.port}",
@@ -153,6 +157,9 @@ class PatroniNode:
                 "data_dir": self.pg.data,
                 "bin_dir": idvtest.PG_BINDIR,
                 "pgpass": os.path.join(self.pg.dir, "pgpass"),
+                # A replica is made with pg_basebackup: a fast checkpoint on
+                # the primary instead of a spread one.
+                "basebackup": [{"checkpoint": "fast"}, "no-sync"],
                 "authentication": {"superuser": {"username": "postgres"},
                                    "replication": {"username": "postgres"},
                                    "rewind": {"username": "postgres"}},
@@ -164,6 +171,16 @@ class PatroniNode:
             "watchdog": {"mode": "off"},
             "log": {"level": "INFO"},
         }
+
+    def bootstrap_script(self):
+        """A custom bootstrap command: Patroni appends --scope=... and
+        --datadir=...; the template is copied to that data directory."""
+        path = os.path.join(self.pg.dir, "bootstrap-from-template.sh")
+        with open(path, "w") as f:
+            f.write("#!/bin/sh\nfor a; do case $a in --datadir=*) d=${a#--datadir=};; esac; done\n"
+                    f"exec cp -a '{idvtest._initdb_template()}' \"$d\"\n")
+        os.chmod(path, 0o755)
+        return path
 
     def write_config(self):
         with open(self.config, "w") as f:

@@ -161,21 +161,28 @@ def summary(replies):
     return dict(sorted(c.items())), slowest, replies[-1].status if replies else None
 
 
-def check_all_2xx(replies, label):
-    """Every request answered 2xx, the last one of the burst included; prints
-    the figures either way."""
+def problems_2xx(replies, label):
+    """Prints the figures of a burst; returns what is wrong ("" when every
+    request was answered 2xx, the last one of the burst included)."""
     counts, slowest, last = summary(replies)
     print(f"{label}: {len(replies)} requests: {counts}; slowest answer {slowest:.3f} s;"
           f" last request {last}", flush=True)
     bad = [r for r in replies if not 200 <= r.status < 300]
-    if bad:
-        first = bad[:3]
-        tail = sum(1 for r in replies[-len(bad):] if not 200 <= r.status < 300)
-        raise idvtest.TestFailure(
-            f"{label}: {len(bad)} of {len(replies)} requests not 2xx ({counts}); of the last"
+    if not bad:
+        return ""
+    tail = sum(1 for r in replies[-len(bad):] if not 200 <= r.status < 300)
+    return (f"{label}: {len(bad)} of {len(replies)} requests not 2xx ({counts}); of the last"
             f" {len(bad)} requests sent {tail} failed; e.g. "
             + "; ".join(f"#{r.i} {r.status} after {r.got - r.sent:.3f} s {r.body[:120]!r}"
-                        for r in first))
+                        for r in bad[:3]))
+
+
+def check_all_2xx(replies, label):
+    """Every request answered 2xx, the last one of the burst included; prints
+    the figures either way."""
+    problem = problems_2xx(replies, label)
+    if problem:
+        raise idvtest.TestFailure(problem)
 
 
 Answer = collections.namedtuple(
