@@ -22,8 +22,15 @@
  * invariant written in pg.h there. */
 
 #define PG_MAX_INFLIGHT   512
+/* Reconnection back-off: doubling from the minimum, capped at the maximum,
+ * +-25%. The cap is what a failover costs on top of itself: the new primary
+ * becomes writable at a moment nobody knows in advance (Patroni's ttl after
+ * a crash), and a connection that tried just before waits out its back-off.
+ * An attempt on a dead or standby host is cheap (refused, or a standby left
+ * at once), so 2 s and not more; a host that black-holes packets paces the
+ * attempts by its connect deadline anyway. */
 #define PG_BACKOFF_MIN_MS 100
-#define PG_BACKOFF_MAX_MS 5000
+#define PG_BACKOFF_MAX_MS 2000
 
 enum pgc_state { PGC_DOWN = 0, PGC_RESOLVING, PGC_CONNECTING, PGC_SETUP, PGC_READY, PGC_CLOSED };
 
