@@ -184,6 +184,19 @@ def check_never_written(s, node, since_line):
         check_eq(up, [], f"{name}: connections ready on node {node}")
 
 
+def wait_rejoined(s, load, node, t1, since):
+    """Waits until the old leader is back as a replica, then as the leader's
+    synchronous standby, and the daemons serve on."""
+    s.pc.wait(lambda: any(m["name"] == node and m.get("role") in ("replica", "sync_standby") and
+                          m.get("state") in ("running", "streaming")
+                          for m in s.pc.members()), 120, f"{node} to rejoin as a replica")
+    s.pc.wait(lambda: s.pc.sync_standby() == node, 60, f"{node} to be the synchronous standby")
+    print(f"rejoin: {node} is the synchronous standby {time.monotonic() - t1:.2f} s after"
+          f" {since}; pg_rewind in its log: {'pg_rewind' in s.pc.nodes[node].tail(200000)}",
+          flush=True)
+    wait_served(s, load, time.monotonic(), "after the rejoin")
+
+
 def log_marks(s):
     return {d.cfg["instance_name"]: len(d.logs().splitlines()) for d in s.ds}
 
@@ -245,13 +258,7 @@ def case_kill_and_rejoin(ctx):
     # Back: Patroni on a again; it must become a replica of b.
     t1 = time.monotonic()
     s.pc.nodes["a"].start()
-    s.pc.wait(lambda: any(m["name"] == "a" and m.get("role") in ("replica", "sync_standby") and
-                          m.get("state") in ("running", "streaming")
-                          for m in s.pc.members()), 120, "a to rejoin as a replica")
-    s.pc.wait(lambda: s.pc.sync_standby() == "a", 60, "a to be b's synchronous standby")
-    print(f"rejoin: a is b's synchronous standby {time.monotonic() - t1:.2f} s after its start;"
-          f" pg_rewind in a's log: {'pg_rewind' in s.pc.nodes['a'].tail(200000)}", flush=True)
-    wait_served(s, load, time.monotonic(), "after the rejoin")
+    wait_rejoined(s, load, "a", t1, "its start")
     load.stop()
     check_eq(s.pc.nodes["a"].pg.psql("SELECT pg_is_in_recovery()"), "t", "a is a standby")
     check_never_written(s, "a", marks)
@@ -320,13 +327,7 @@ def case_leader_isolated_and_rejoin(ctx):
     t1 = time.monotonic()
     a.etcd_proxy.blackhole(False)
     a.db_proxy.blackhole(False)
-    s.pc.wait(lambda: any(m["name"] == "a" and m.get("role") in ("replica", "sync_standby") and
-                          m.get("state") in ("running", "streaming")
-                          for m in s.pc.members()), 120, "a to rejoin as a replica")
-    s.pc.wait(lambda: s.pc.sync_standby() == "a", 60, "a to be b's synchronous standby")
-    print(f"rejoin: a is b's synchronous standby {time.monotonic() - t1:.2f} s after the heal;"
-          f" pg_rewind in a's log: {'pg_rewind' in a.tail(200000)}", flush=True)
-    wait_served(s, load, time.monotonic(), "after the rejoin")
+    wait_rejoined(s, load, "a", t1, "the heal")
     load.stop()
     check_eq(s.pc.leader(), "b", "b still leads")
     check_eq(a.pg.psql("SELECT pg_is_in_recovery()"), "t", "a is a standby")
