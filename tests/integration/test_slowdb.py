@@ -148,11 +148,11 @@ def alibaba_on_slow_db(ctx, **cfg):
 
 def case_initialize_burst(ctx):
     """POST /v1/transactions (Initialize at the fake Alibaba: a row before the
-    call, the outcome after it), ROUNDS rounds of N/2 from THREADS threads:
+    call, the outcome after it), ROUNDS rounds of N from THREADS threads:
     all 201."""
     from test_initialize import body
     s = alibaba_on_slow_db(ctx)
-    n = max(N // 2, THREADS * 2)
+    n = N
     for rnd in range(ROUNDS):
         def make(i, rnd=rnd):
             b = json.dumps(body(biz=f"ini{rnd}x{i}"))
