@@ -21,7 +21,7 @@
  * queued work to idle connections on the way out, and debug builds check the
  * invariant written in pg.h there. */
 
-#define PG_MAX_INFLIGHT   512
+#define PG_MAX_INFLIGHT 512
 /* Reconnection back-off: doubling from the minimum, capped at the maximum,
  * +-25%. The cap is what a failover costs on top of itself: the new primary
  * becomes writable at a moment nobody knows in advance (Patroni's ttl after
