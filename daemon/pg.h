@@ -18,7 +18,23 @@
  * writable primary: one whose session turns out to be on a standby (or
  * read-only), or that gets SQLSTATE 25006, is dropped and the next attempt
  * starts at the following host. When the host:port written to changes, the
- * pool counts a failover and logs it. */
+ * pool counts a failover and logs it. A lost connection is logged with
+ * libpq's message and the server's last error text (its FATAL at a shutdown
+ * or a demotion), never an event loop error name.
+ *
+ * Pipeline depth: a connection carries one user query at a time (pipeline
+ * mode sends its statement and sync together, and the setup steps back to
+ * back); a query waits in the pool's queue while every connection is busy.
+ *
+ * THE INVARIANT: no query waits in the queue while a ready connection is
+ * idle ("ready": set up, on a writable primary, not about to be dropped;
+ * "idle": nothing in flight). It holds whenever control is back in the event
+ * loop. Every loop callback of the pool and its connections ends by handing
+ * queued queries to idle connections, whatever the event was: a query
+ * completed or failed, a connection was lost, came up or is being dropped, a
+ * deadline passed, a query was submitted. Debug builds (no NDEBUG: the debug
+ * and asan presets) check it after every such callback and abort, logging
+ * the figures, if it does not hold. */
 
 #define PG_MAX_HOSTS 8
 
@@ -86,17 +102,22 @@ int pg_pool_new(struct pg_pool **out, uv_loop_t *loop,
                 const struct pg_pool_opts *opts) IDV_MUSTCHECK;
 /* Starts connecting every connection. */
 void pg_pool_start(struct pg_pool *pool);
-/* Queues a query; the result arrives through q->done, never synchronously. */
+/* Queues a query; the result arrives through q->done, from the loop. Only a
+ * refusal (the queue is full, or the pool is closing: IDV_EUNAVAILABLE) is
+ * answered before this returns. From a done callback (or the idle hook) the
+ * query is only queued, and sent when that callback returns. */
 void pg_pool_submit(struct pg_pool *pool, struct pg_query *q);
 /* True when at least one connection is up, on a writable primary, with a
  * current schema. */
 bool pg_pool_ready(const struct pg_pool *pool);
 /* Number of connections up and with nothing in flight. */
 int pg_pool_idle(const struct pg_pool *pool);
-/* Sets a hook called (from the loop) whenever a connection becomes idle with the
- * queue empty: the place to hand it a batch of work. */
+/* Sets a hook called (from the loop) whenever a connection is idle with the
+ * queue empty, at the end of each loop callback of the pool and of each
+ * submit or kick: the place to hand it a batch of work. */
 void pg_pool_on_idle(struct pg_pool *pool, void (*cb)(void *arg), void *arg);
-/* Hands queued work to idle connections now (and asks the idle hook). */
+/* Asks the idle hook for work now, if a connection is idle (the pool's own
+ * queue never needs a kick: see the invariant). */
 void pg_pool_kick(struct pg_pool *pool);
 /* Fills stats. */
 void pg_pool_get_stats(const struct pg_pool *pool, struct pg_pool_stats *st);

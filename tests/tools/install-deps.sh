@@ -21,6 +21,10 @@ PACKAGES=(
   haproxy prometheus
   # tests/interop: Alibaba's own signing libraries, from npm (package-lock.json)
   nodejs npm
+  # highly available PostgreSQL (tests/integration/test_patroni.py): Patroni 3.0
+  # with etcd 3.4, whose API v3 Patroni's etcd3 module reaches through
+  # python3-etcd (imported, but not a dependency of the Debian package)
+  patroni etcd-server python3-etcd
 )
 
 SUDO=()
@@ -51,15 +55,26 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 if [ $update -eq 1 ]; then "${SUDO[@]}" apt-get update -q; fi
 echo "install-deps: installing ${missing[*]}"
-# Services installed here must not start: the project runs its own clusters.
+# Services installed here must not start: the project runs its own clusters
+# (PostgreSQL's on 5432, etcd's on 2379 would otherwise be left running). A
+# policy-rc.d that forbids starting them is put in place for the install when
+# the machine has none (containers usually do).
+policy=/usr/sbin/policy-rc.d
+if [ ! -e "$policy" ]; then
+  printf '#!/bin/sh\n# install-deps.sh: no service starts during this install\nexit 101\n' |
+    "${SUDO[@]}" tee "$policy" >/dev/null
+  "${SUDO[@]}" chmod 755 "$policy"
+  trap '"${SUDO[@]}" rm -f "$policy"' EXIT
+fi
 "${SUDO[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"
-# Where systemd runs, these two start their services on install (Prometheus
-# on :9090). The tests start their own: stop and disable the ones just
-# installed, and only those.
+# Where systemd runs, these start their services on install (Prometheus on
+# :9090, etcd on :2379) unless a policy-rc.d forbade it. The tests start
+# their own: stop and disable the ones just installed, and only those.
 if [ -d /run/systemd/system ]; then
   for p in "${missing[@]}"; do
     case "$p" in
-      haproxy | prometheus) "${SUDO[@]}" systemctl disable --now "$p.service" || true ;;
+      haproxy | prometheus | patroni) "${SUDO[@]}" systemctl disable --now "$p.service" || true ;;
+      etcd-server) "${SUDO[@]}" systemctl disable --now etcd.service || true ;;
     esac
   done
 fi
