@@ -173,7 +173,7 @@ def problems_2xx(replies, label):
     tail = sum(1 for r in replies[-len(bad):] if not 200 <= r.status < 300)
     return (f"{label}: {len(bad)} of {len(replies)} requests not 2xx ({counts}); of the last"
             f" {len(bad)} requests sent {tail} failed; e.g. "
-            + "; ".join(f"#{r.i} {r.status} after {r.got - r.sent:.3f} s {r.body[:120]!r}"
+            + "; ".join(f"#{r.i} {r.status} after {r.got - r.sent:.3f} s {r.body[:300]!r}"
                         for r in bad[:3]))
 
 
