@@ -21,6 +21,7 @@ struct sock_ctx {
     uv_poll_t poll;
     struct outbound *ob;
     curl_socket_t fd;
+    struct sock_ctx *prev, *next; /* the outbound's sockets in use by a transfer */
 };
 
 struct outbound {
@@ -40,6 +41,7 @@ struct outbound {
      * closes it (close_socket). */
     curl_socket_t idle[OUT_MAX_CONNS];
     size_t nidle;
+    struct sock_ctx *socks; /* sockets curl watches for a transfer now (socket_cb) */
     struct circuit circuit;
     uint64_t short_circuited; /* since the circuit last opened */
     int open_handles;
@@ -133,6 +135,15 @@ static double jitter(void)
  * not close: the descriptor stays curl's): curl's liveness check before any
  * reuse then sees it dead and closes it. */
 
+/* True while curl watches fd for a transfer (between socket_cb's first call
+ * for it and CURL_POLL_REMOVE): the connection is not idle. */
+static bool sock_in_use(const struct outbound *ob, curl_socket_t fd)
+{
+    for (const struct sock_ctx *s = ob->socks; s; s = s->next)
+        if (s->fd == fd) return true;
+    return false;
+}
+
 static void idle_forget(struct outbound *ob, curl_socket_t fd)
 {
     for (size_t i = 0; i < ob->nidle; i++)
@@ -161,7 +172,7 @@ static void idle_sweep(struct outbound *ob)
     for (size_t i = 0; i < n; i++) p[i] = (struct pollfd){.fd = ob->idle[i], .events = POLLIN};
     if (n == 0 || poll(p, (nfds_t)n, 0) <= 0) return;
     for (size_t i = 0; i < n; i++)
-        if (p[i].revents) {
+        if (p[i].revents && !sock_in_use(ob, p[i].fd)) {
             retire(p[i].fd, "input arrived while the connection was idle");
             idle_forget(ob, p[i].fd);
         }
@@ -183,6 +194,11 @@ static void settle_connection(struct outbound *ob, CURL *e, bool clean)
      * it closed it (a failed transfer usually). */
     if (curl_easy_getinfo(e, CURLINFO_ACTIVESOCKET, &fd) != CURLE_OK || fd == CURL_SOCKET_BAD)
         return;
+    /* The socket_action that finished this transfer may already have handed
+     * its connection to a waiting transfer: then it is not idle, and shutting
+     * it down would cut that transfer's answer (seen as 502
+     * UpstreamTruncated under concurrent Initialize calls). */
+    if (sock_in_use(ob, fd)) return;
     if (clean && ob->nidle < OUT_MAX_CONNS) {
         idle_forget(ob, fd);
         ob->idle[ob->nidle++] = fd;
@@ -355,6 +371,11 @@ static int socket_cb(CURL *easy, curl_socket_t fd, int what, void *userp, void *
     struct sock_ctx *s = socketp;
     if (what == CURL_POLL_REMOVE) {
         if (s) {
+            if (s->prev)
+                s->prev->next = s->next;
+            else
+                ob->socks = s->next;
+            if (s->next) s->next->prev = s->prev;
             /* uv_poll_stop() unregisters the descriptor at once, so curl may
              * close it and reuse the number for a new socket right away. */
             uv_poll_stop(&s->poll);
@@ -371,6 +392,9 @@ static int socket_cb(CURL *easy, curl_socket_t fd, int what, void *userp, void *
         }
         s->ob = ob;
         s->fd = fd;
+        s->next = ob->socks;
+        if (s->next) s->next->prev = s;
+        ob->socks = s;
         ob->open_handles++;
         curl_multi_assign(ob->multi, fd, s);
     }
