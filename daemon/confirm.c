@@ -179,7 +179,8 @@ static void schedule_retry(struct item *it, const char *error)
  * open for: the item goes back without counting the attempt. */
 static void hold(struct item *it, const char *error)
 {
-    snprintf(it->error, sizeof it->error, "%s (held; the attempt is not counted)", error);
+    /* At most 250 bytes of the error, so that the note always fits. */
+    snprintf(it->error, sizeof it->error, "%.250s (held; the attempt is not counted)", error);
     it->values[0] = it->id;
     it->values[1] = it->lease;
     it->values[2] = it->error;
