@@ -437,15 +437,20 @@ def case_consumer_cannot_miss_events(ctx):
 
 
 def case_queue_metrics(ctx):
-    """Queue depth and the oldest item's age are exported."""
-    s = start(ctx)
+    """Queue depth and the oldest item's age are exported. The item must stay
+    waiting until the statistics query (every 5 s) has seen it: with FAST's four
+    attempts it was given up within a second, before the query ran, unless the
+    machine happened to be slow."""
+    s = start(ctx, confirm_max_attempts=1000)
     tx = new_tx(s, "met1")
     s.fake.queue("CheckResult", "error", count=100, status=500, code="InternalError")
     s.fake.deliver_callback(tx, passed="Y", sub_code="200", scheme="http")
     wait_until(lambda: idvtest.metric_value(s.d.metrics(), "idv_work_queue_depth") == 1.0, 30,
                what="depth 1 in metrics")
-    check(idvtest.metric_value(s.d.metrics(), "idv_work_queue_oldest_seconds") is not None,
-          "oldest age exported")
+    m = s.d.metrics()
+    oldest = idvtest.metric_value(m, "idv_work_queue_oldest_seconds")
+    check(oldest is not None and oldest > 0, f"oldest age exported: {oldest}")
+    check_eq(idvtest.metric_value(m, "idv_work_queue_given_up"), 0.0, "nothing given up")
 
 
 if __name__ == "__main__":
