@@ -41,7 +41,9 @@ if ! compgen -G "/var/lib/apt/lists/*_Packages" >/dev/null; then update=1; fi
 installed() {
   dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed" && return 0
   dpkg-query -W -f='${Status}|${Provides}\n' 2>/dev/null | sed -n 's/^install ok installed|//p' |
-    tr ',' '\n' | sed 's/ *(.*//; s/^ *//' | grep -qx -- "$1"
+    tr ',' '\n' | sed 's/ *(.*//; s/^ *//' | grep -x -- "$1" >/dev/null
+  # (not grep -q: it exits at the first match, sed then dies of SIGPIPE and,
+  # under pipefail, the pipeline fails although the package is provided)
 }
 
 missing=()
