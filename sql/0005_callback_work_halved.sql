@@ -1,0 +1,275 @@
+-- Half the database work per accepted callback (issue 15).
+--
+-- Before, an accepted callback wrote four rows (idv.callback_results,
+-- idv.transactions, idv.transaction_events, idv.callback_events), eleven index
+-- entries, two foreign-key checks (each a row lock, with its WAL record, on the
+-- idv.transactions row) and a speculative insertion (ON CONFLICT). Now it writes
+-- three rows and seven index entries, checks no foreign key, and takes the lock
+-- that decides "first result wins" with the update it makes anyway:
+--
+--  * The first callback result lives on the transaction row
+--    (callback_passed, callback_sub_code, and the new callback_received_at,
+--    callback_instance): the row lock of that update decides which result is
+--    first, whichever instance received it (a second writer waits, then sees
+--    callback_passed set and records nothing). idv.transactions already held
+--    the result (callback_passed, callback_sub_code): idv.callback_results held
+--    the same fact a second time. It becomes a view of those columns; writing
+--    through it is refused, and the columns are write-once (the status
+--    trigger refuses any change of a recorded result, whoever asks).
+--  * Status events are appended by the status trigger only: the trigger reads
+--    the rows its statement changed, so the row an event points to exists; the
+--    foreign key transaction_events.tx -> transactions, checked (and locked)
+--    per event, proved nothing more. The trigger runs with its owner's rights
+--    and idv_daemon loses INSERT on idv.transaction_events: an event cannot be
+--    written without the status change it records. The same reasoning drops
+--    the foreign keys of idv.check_results and idv.work_queue: their rows are
+--    written by functions that have just read or locked the transaction row
+--    (complete_confirmation, record_callbacks, sweep).
+--  * No query looks up idv.callback_events or idv.transaction_events by id:
+--    readers find rows by transaction_id, by time (BRIN on received_at) or by
+--    (xid, id) (the consumer protocol). Their primary-key indexes go; id stays
+--    an identity column (unique by construction: GENERATED ALWAYS). Without
+--    them and without foreign keys the history tables can be partitioned by
+--    time (a unique index there must include the partition key).
+--
+-- Indexes kept, with their users (see README, Performance):
+--   transactions: pkey (id: work items, Initialize steps, confirmation),
+--     transaction_id (callbacks, status GET, registration), callback_token_sha256
+--     (a token belongs to one transaction: registration), merchant_biz_id and
+--     transactions_one_initializing (Initialize), transactions_open (sweeper)
+--   callback_events: transaction_id (audit queries 1 and 3), received_at BRIN
+--     (audit queries 2 and 5)
+--   transaction_events: (xid, id) (idv.events_after), transaction_id (audit
+--     query 4)
+
+-- 1. The first callback result, on the transaction row.
+ALTER TABLE idv.transactions
+    ADD COLUMN callback_received_at timestamptz,
+    ADD COLUMN callback_instance    text;
+
+-- Results recorded before 0003 have no callback_passed yet: every result is
+-- copied (the status trigger sees no status change, so no event is written).
+UPDATE idv.transactions t
+SET callback_passed = r.passed, callback_sub_code = r.sub_code,
+    callback_received_at = r.received_at, callback_instance = r.instance
+FROM idv.callback_results r
+WHERE t.transaction_id = r.transaction_id;
+
+DROP TABLE idv.callback_results;
+
+-- The same columns under the old name, for auditors and scripts that read it.
+CREATE VIEW idv.callback_results AS
+SELECT t.transaction_id, t.callback_passed AS passed, t.callback_sub_code AS sub_code,
+       t.callback_received_at AS received_at, t.callback_instance AS instance
+FROM idv.transactions t
+WHERE t.callback_passed IS NOT NULL;
+
+CREATE FUNCTION idv.forbid_result_write() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'idv.callback_results is append-only: a first result is recorded by '
+                    'idv.record_callbacks and never changed'
+        USING ERRCODE = 'insufficient_privilege';
+END
+$$;
+-- A simple view is updatable by default: these triggers make it refuse, even
+-- for its owner.
+CREATE TRIGGER callback_results_read_only INSTEAD OF INSERT OR UPDATE OR DELETE
+    ON idv.callback_results FOR EACH ROW EXECUTE FUNCTION idv.forbid_result_write();
+
+-- 2. Status events: written by the trigger alone, one INSERT per statement,
+-- each with its NOTIFY. The payload comes from the inserted rows themselves
+-- (RETURNING), so the rows a statement changed are read once. A recorded
+-- callback result never changes: an UPDATE that would change one fails.
+CREATE OR REPLACE FUNCTION idv.on_status_change_set() RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_n bigint;
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        WITH ev AS (
+            INSERT INTO idv.transaction_events (tx, transaction_id, merchant_biz_id, status,
+                                                previous_status, passed, sub_code, confirmed)
+            SELECT n.id, n.transaction_id, n.merchant_biz_id, n.status, NULL, n.passed,
+                   n.sub_code, n.confirmed
+            FROM new_rows n ORDER BY n.id
+            RETURNING *)
+        SELECT count(pg_notify('idv_transaction_status', json_build_object(
+            'eventId', e.id, 'transactionId', e.transaction_id,
+            'merchantBizId', e.merchant_biz_id, 'status', e.status,
+            'previousStatus', e.previous_status, 'passed', e.passed, 'subCode', e.sub_code,
+            'confirmed', e.confirmed)::text))
+        INTO v_n
+        FROM (SELECT * FROM ev ORDER BY ev.id) e;
+        RETURN NULL;
+    END IF;
+    IF EXISTS (SELECT FROM old_rows o JOIN new_rows n ON n.id = o.id
+               WHERE o.callback_passed IS NOT NULL
+                 AND (n.callback_passed, n.callback_sub_code, n.callback_received_at,
+                      n.callback_instance)
+                     IS DISTINCT FROM (o.callback_passed, o.callback_sub_code,
+                                       o.callback_received_at, o.callback_instance)) THEN
+        RAISE EXCEPTION 'a recorded callback result is never changed'
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    WITH ev AS (
+        INSERT INTO idv.transaction_events (tx, transaction_id, merchant_biz_id, status,
+                                            previous_status, passed, sub_code, confirmed)
+        SELECT n.id, n.transaction_id, n.merchant_biz_id, n.status, o.status, n.passed,
+               n.sub_code, n.confirmed
+        FROM new_rows n JOIN old_rows o ON o.id = n.id
+        WHERE n.status IS DISTINCT FROM o.status
+        ORDER BY n.id
+        RETURNING *)
+    SELECT count(pg_notify('idv_transaction_status', json_build_object(
+        'eventId', e.id, 'transactionId', e.transaction_id,
+        'merchantBizId', e.merchant_biz_id, 'status', e.status,
+        'previousStatus', e.previous_status, 'passed', e.passed, 'subCode', e.sub_code,
+        'confirmed', e.confirmed)::text))
+    INTO v_n
+    FROM (SELECT * FROM ev ORDER BY ev.id) e;
+    RETURN NULL;
+END
+$$;
+
+ALTER TABLE idv.transaction_events DROP CONSTRAINT transaction_events_tx_fkey;
+ALTER TABLE idv.check_results DROP CONSTRAINT check_results_tx_fkey;
+ALTER TABLE idv.work_queue DROP CONSTRAINT work_queue_tx_fkey;
+
+-- 3. Primary-key indexes nobody reads.
+ALTER TABLE idv.transaction_events DROP CONSTRAINT transaction_events_pkey;
+ALTER TABLE idv.callback_events DROP CONSTRAINT callback_events_pkey;
+
+-- 4. Recording a batch of callbacks: one statement writes everything.
+--
+-- Outcomes are those of handling the elements one by one in ordinal order:
+--  * accepted: the first element of a transaction whose token is right, when
+--    the transaction had no result yet; its result is recorded on the row;
+--  * rejected: no transaction of that id, or not this token;
+--  * duplicate / conflict: a right token, compared with the result recorded
+--    (by this batch, or committed before).
+-- The update of a transaction row is the lock that decides which result is
+-- first: a concurrent batch (another instance) that recorded one meanwhile
+-- makes this update skip the row (callback_passed is no longer NULL when
+-- PostgreSQL re-checks the row after waiting). Such an element cannot be
+-- decided from this statement's snapshot; it is decided by a second pass,
+-- which sees the other result committed. Rows are locked in transaction_id
+-- order (the sorted source of the update), so concurrent batches cannot
+-- deadlock on each other.
+--
+-- The status moves only from initiated or expired (a result confirmed already,
+-- by the sweeper, is never overwritten; the callback's own result is still
+-- kept). With p_final the status is what idv.result_status() gives, written out
+-- here (a SQL function in a query is planned again on every call); without, it
+-- becomes callback_received and the confirmation is queued in the same
+-- statement (an open sweep item of the transaction does the same CheckResult:
+-- it becomes the confirmation).
+CREATE OR REPLACE FUNCTION idv.record_callbacks(p_tx text[], p_token_hex text[],
+                                                p_passed text[], p_sub text[], p_ip text[],
+                                                p_instance text, p_final boolean)
+RETURNS TABLE (ord integer, outcome text)
+LANGUAGE plpgsql
+-- Custom plans would be made for every call, and planning costs more than
+-- running: the generic plans (index lookups per element) suit every batch.
+SET plan_cache_mode = force_generic_plan
+AS $$
+DECLARE
+    v_todo integer[];           -- ordinals still undecided; NULL: every element
+    v_ord  integer[] := '{}';   -- decided: ordinal and outcome
+    v_out  text[] := '{}';
+    v_dn   integer[];
+    v_do   text[];
+BEGIN
+    FOR i IN 1..3 LOOP
+        WITH x AS (
+            SELECT x.tx, decode(x.dg, 'hex') AS dg, x.pa, x.sc, x.ip, x.n::integer AS n
+            FROM unnest(p_tx, p_token_hex, p_passed, p_sub, p_ip)
+                 WITH ORDINALITY AS x (tx, dg, pa, sc, ip, n)
+            WHERE v_todo IS NULL OR x.n = ANY (v_todo)),
+        -- Per transaction and token, the first element (at most one token of
+        -- a transaction is right), with the verdict of its SubCode.
+        f AS (
+            SELECT DISTINCT ON (x.tx, x.dg) x.tx, x.dg, x.pa, x.sc, x.n,
+                   (SELECT v.verdict FROM idv.sub_codes v WHERE v.sub_code = x.sc) AS verdict
+            FROM x
+            ORDER BY x.tx, x.dg, x.n),
+        upd AS (
+            UPDATE idv.transactions t
+            SET callback_passed = f.pa, callback_sub_code = f.sc, callback_received_at = now(),
+                callback_instance = p_instance, updated_at = now(),
+                status = CASE WHEN t.status NOT IN ('initiated', 'expired') THEN t.status
+                              WHEN NOT p_final THEN 'callback_received'
+                              WHEN f.pa = 'Y' AND f.verdict = 'pass' THEN 'passed'
+                              ELSE 'not_passed' END,
+                passed = CASE WHEN t.status IN ('initiated', 'expired') THEN f.pa
+                              ELSE t.passed END,
+                sub_code = CASE WHEN t.status IN ('initiated', 'expired') THEN f.sc
+                                ELSE t.sub_code END,
+                review_required = CASE WHEN p_final AND t.status IN ('initiated', 'expired')
+                                       THEN coalesce(f.verdict, 'review') = 'review'
+                                            OR (f.pa = 'Y' AND f.verdict = 'fail')
+                                       ELSE t.review_required END,
+                confirmed = CASE WHEN p_final AND t.status IN ('initiated', 'expired') THEN false
+                                 ELSE t.confirmed END,
+                completed_at = CASE WHEN t.status IN ('initiated', 'expired')
+                                    THEN coalesce(t.completed_at, now())
+                                    ELSE t.completed_at END
+            FROM f
+            WHERE t.transaction_id = f.tx AND t.callback_token_sha256 = f.dg
+              AND t.callback_passed IS NULL
+            RETURNING t.id, t.transaction_id, t.merchant_biz_id, t.status, f.dg, f.pa, f.sc, f.n),
+        wq AS (
+            INSERT INTO idv.work_queue (kind, tx, transaction_id, merchant_biz_id)
+            SELECT 'confirm', upd.id, upd.transaction_id, upd.merchant_biz_id
+            FROM upd WHERE NOT p_final AND upd.status = 'callback_received'
+            ORDER BY upd.transaction_id
+            ON CONFLICT (tx) WHERE done_at IS NULL DO NOTHING),
+        -- The other elements are compared with the transaction as this
+        -- statement sees it (looked up only for transactions not updated here).
+        o AS (
+            SELECT x.n, x.tx, x.pa, x.sc, x.ip,
+                   CASE WHEN a.n = x.n THEN 'accepted'
+                        WHEN coalesce(a.dg, r.dg) IS DISTINCT FROM x.dg THEN 'rejected'
+                        WHEN coalesce(a.pa, r.pa) IS NULL THEN NULL  -- raced: next pass
+                        WHEN coalesce(a.pa, r.pa) = x.pa AND coalesce(a.sc, r.sc) = x.sc
+                             THEN 'duplicate'
+                        ELSE 'conflict' END AS outcome
+            FROM x
+            LEFT JOIN upd a ON a.transaction_id = x.tx
+            LEFT JOIN LATERAL (
+                SELECT t.callback_token_sha256 AS dg, t.callback_passed AS pa,
+                       t.callback_sub_code AS sc
+                FROM idv.transactions t
+                WHERE a.n IS NULL AND t.transaction_id = x.tx) r ON true),
+        ev AS (
+            INSERT INTO idv.callback_events (outcome, transaction_id, passed, sub_code, client_ip,
+                                             instance)
+            SELECT o.outcome, o.tx, o.pa, o.sc, nullif(o.ip, '')::inet, p_instance
+            FROM o WHERE o.outcome IS NOT NULL
+            ORDER BY o.n)
+        SELECT array_agg(o.n) FILTER (WHERE o.outcome IS NOT NULL),
+               array_agg(o.outcome) FILTER (WHERE o.outcome IS NOT NULL),
+               array_agg(o.n) FILTER (WHERE o.outcome IS NULL)
+        INTO v_dn, v_do, v_todo
+        FROM o;
+        v_ord := v_ord || v_dn;
+        v_out := v_out || v_do;
+        IF v_todo IS NULL THEN
+            RETURN QUERY SELECT u.n, u.o FROM unnest(v_ord, v_out) AS u (n, o);
+            RETURN;
+        END IF;
+    END LOOP;
+    -- A result recorded concurrently is committed by the time the next pass
+    -- starts, so a second pass decides every element; a third is paranoia.
+    RAISE EXCEPTION 'record_callbacks: % element(s) undecided after three passes',
+        cardinality(v_todo);
+END
+$$;
+
+REVOKE ALL ON idv.callback_results FROM PUBLIC;
+GRANT SELECT ON idv.callback_results TO idv_daemon;
+REVOKE ALL ON FUNCTION idv.forbid_result_write() FROM PUBLIC;
+REVOKE INSERT ON idv.transaction_events FROM idv_daemon;
