@@ -18,9 +18,9 @@
 #define STORE_SLOW_BATCH_MS 250
 
 const struct pg_stmt store_statements[] = {
-    {"record_callbacks",
-     "SELECT ord, outcome FROM idv.record_callbacks($1::text[], $2::text[], $3::text[],"
-     " $4::text[], $5::text[], $6, $7::boolean)"},
+    {"record_callback_batch",
+     "SELECT idv.record_callback_batch($1::text[], $2::text[], $3::text[], $4::text[],"
+     " $5::text[], $6, $7::boolean)"},
     {"record_events",
      "SELECT idv.record_events($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],"
      " $6::text[], $7, $8::double precision[])"},
@@ -110,6 +110,19 @@ static void jobs_fail(struct cb_job **jobs, size_t n, enum cb_outcome o)
 
 static void submit_jobs(struct store *st, struct cb_job **jobs, size_t n);
 
+/* idv.record_callback_batch answers one letter per callback. Anything else
+ * cannot be vouched for: UNAVAILABLE (never happens with a matching schema). */
+static enum cb_outcome outcome_of_code(char c)
+{
+    switch (c) {
+    case 'A': return CBO_ACCEPTED;
+    case 'D': return CBO_DUPLICATE;
+    case 'C': return CBO_CONFLICT;
+    case 'R': return CBO_REJECTED;
+    default: return CBO_UNAVAILABLE;
+    }
+}
+
 static void batch_done(struct pg_query *q, PGresult *res, int err)
 {
     struct batch *b = q->data;
@@ -132,18 +145,16 @@ static void batch_done(struct pg_query *q, PGresult *res, int err)
         st->inflight = b->next;
     if (b->next) b->next->prev = b->prev;
     double secs = (double)(uv_now(st->loop) - b->sent_at) / 1000.0;
-    if (err == 0 && res && PQntuples(res) == (int)b->n) {
+    if (err == 0 && res && PQntuples(res) == 1 && PQnfields(res) == 1 &&
+        (size_t)PQgetlength(res, 0, 0) == b->n) {
         histogram_observe(&g_metrics.commit_seconds, secs);
         g_metrics.batches++;
         g_metrics.batch_items += b->n;
-        /* The sync has been answered: the transaction committed. */
+        /* The sync has been answered: the transaction committed. One letter
+         * per callback, in the order sent. */
+        const char *codes = PQgetvalue(res, 0, 0);
         enum cb_outcome out[STORE_BATCH_MAX];
-        for (size_t i = 0; i < b->n; i++) out[i] = CBO_UNAVAILABLE;
-        for (int r = 0; r < PQntuples(res); r++) {
-            long ord = strtol(PQgetvalue(res, r, 0), NULL, 10);
-            int o = cb_outcome_parse(PQgetvalue(res, r, 1));
-            if (ord >= 1 && (size_t)ord <= b->n && o >= 0) out[ord - 1] = (enum cb_outcome)o;
-        }
+        for (size_t i = 0; i < b->n; i++) out[i] = outcome_of_code(codes[i]);
         PQclear(res);
         for (size_t i = 0; i < b->n; i++) b->u.jobs[i]->done(b->u.jobs[i], out[i]);
         batch_free(b);
@@ -214,7 +225,7 @@ static void submit_jobs(struct store *st, struct cb_job **jobs, size_t n)
     b->next = st->inflight;
     if (b->next) b->next->prev = b;
     st->inflight = b;
-    b->q.stmt = "record_callbacks";
+    b->q.stmt = "record_callback_batch";
     b->q.nparams = 7;
     b->q.values = b->values;
     b->q.deadline = deadline;
