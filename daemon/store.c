@@ -284,28 +284,38 @@ static void submit_audit(struct store *st)
     pg_pool_submit(st->pool, &b->q);
 }
 
-/* Callback batches in flight that still hold a slot. */
-static unsigned young_batches(const struct store *st)
+/* Callback batches in flight that still hold a slot; *largest is the number
+ * of callbacks in the largest of them. */
+static unsigned young_batches(const struct store *st, size_t *largest)
 {
     uint64_t now = uv_now(st->loop);
     unsigned n = 0;
+    *largest = 0;
     for (const struct batch *b = st->inflight; b; b = b->next)
-        if (now - b->sent_at < STORE_SLOW_BATCH_MS) n++;
+        if (now - b->sent_at < STORE_SLOW_BATCH_MS) {
+            n++;
+            if (b->n > *largest) *largest = b->n;
+        }
     return n;
 }
 
 /* The pool has an idle connection and nothing queued: give it the callbacks
  * gathered so far as one transaction, or else the waiting audit rows.
  *
- * Callback batches get max_batches slots, not the whole pool: under load the
- * callbacks that arrive while the slots are busy wait for the next commit and
- * leave together. Fewer, larger transactions is what group commit is for: each
- * transaction has a fixed cost in PostgreSQL (statement start-up, commit,
- * WAL flush) and backends beyond the server's cores only compete for them. On
- * two cores, eight batches at once gave less than half the throughput of two
- * (see README, Performance). A slot is released when its batch is answered, or
- * after STORE_SLOW_BATCH_MS, so a batch stuck on a lock does not stop the rest.
- * Light load is not delayed: a callback finds a free slot and goes at once.
+ * Every transaction has a fixed cost in PostgreSQL (the statement's start-up,
+ * its CHECK constraints read again, the commit and its WAL flush): about as
+ * much as recording five callbacks (README, Performance). Batches are as
+ * large as the queue allows without making anyone wait for nothing:
+ *  - no batch in flight: whatever is waiting goes at once (light load is not
+ *    delayed);
+ *  - a batch in flight: callbacks that arrive wait for its commit and leave
+ *    together with the next one, unless at least as many wait as that batch
+ *    holds: then a second batch goes at once, so that one commit can wait for
+ *    its WAL flush while the other uses the CPU. The size of a batch thus
+ *    follows the arrival rate times the commit time.
+ * At most max_batches are in flight (backends beyond the server's cores only
+ * compete for them). A slot is released when its batch is answered, or after
+ * STORE_SLOW_BATCH_MS, so a batch stuck on a lock does not stop the rest.
  *
  * Audit rows go one batch at a time: a flood of malformed requests then holds
  * at most one connection, the others stay free for callbacks that wait on a
@@ -313,7 +323,9 @@ static unsigned young_batches(const struct store *st)
 static void on_pool_idle(void *arg)
 {
     struct store *st = arg;
-    if (st->head && young_batches(st) < st->max_batches) {
+    size_t largest;
+    unsigned young = young_batches(st, &largest);
+    if (st->head && young < st->max_batches && (young == 0 || st->pending >= largest)) {
         struct cb_job *jobs[STORE_BATCH_MAX];
         size_t n = 0;
         while (st->head && n < STORE_BATCH_MAX) {

@@ -113,96 +113,121 @@ DROP INDEX idv.transactions_one_initializing;
 -- written from now on.
 ALTER TABLE idv.transactions SET (fillfactor = 50);
 
--- 3. Status events and the due list: written by the trigger alone, one
--- statement per trigger call, each event with its NOTIFY. The payload comes
--- from the inserted rows themselves (RETURNING): the rows a statement changed
--- are read once. It is the text json_build_object() gave, byte for byte,
--- written out: for a row of eight fields json_build_object() looked up every
--- argument's type on every call, more than the rest of writing the event. Only
--- sub_code needs JSON escaping (CheckResult may send anything); transaction_id
--- and merchant_biz_id are restricted to [A-Za-z0-9_-] by CHECK constraints,
--- status to its names, passed to Y/N.
--- A recorded callback result never changes: an UPDATE that would change one
--- fails, whoever makes it (the first result used to be kept in an append-only
--- table).
+-- 3. Status events and the due list, for every writer but the batch
+-- function of callbacks.
+--
+-- idv.record_callback_batch (below) writes the events of the statuses it
+-- changes itself, in the same statement, each with its NOTIFY: it knows the
+-- previous status (it read the row) and the new one. It runs as idv_recorder,
+-- a role nobody logs in as, and the status trigger is silent for that role
+-- only; for everyone else (confirmation, sweeper, Initialize, registration, an
+-- operator's UPDATE) it writes the event, as before. A row trigger whose WHEN
+-- is false costs an expression per row: no call, no transition table; a
+-- statement trigger with transition tables copies every changed row twice
+-- (old and new) whether or not it has anything to do. The other paths change
+-- one row per statement, or a handful (the sweeper).
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'idv_recorder') THEN
+        CREATE ROLE idv_recorder NOLOGIN;
+    END IF;
+END
+$$;
+
+-- The NOTIFY payload: the text json_build_object() gave, byte for byte,
+-- written out (json_build_object() looked up the type of each of its sixteen
+-- arguments on every call: more than the rest of writing the event). Only
+-- sub_code needs JSON escaping (CheckResult may send anything);
+-- transaction_id and merchant_biz_id are restricted to [A-Za-z0-9_-] by CHECK
+-- constraints, status to its names, passed to Y/N.
+CREATE FUNCTION idv.status_payload(e idv.transaction_events) RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT '{"eventId" : ' || e.id
+        || ', "transactionId" : ' || coalesce('"' || e.transaction_id || '"', 'null')
+        || ', "merchantBizId" : "' || e.merchant_biz_id
+        || '", "status" : "' || e.status
+        || '", "previousStatus" : ' || coalesce('"' || e.previous_status || '"', 'null')
+        || ', "passed" : ' || coalesce('"' || e.passed || '"', 'null')
+        || ', "subCode" : ' || coalesce(to_json(e.sub_code)::text, 'null')
+        || ', "confirmed" : ' || e.confirmed || '}'
+$$;
+
+-- New rows (registration, Initialize): one statement per INSERT, each event
+-- with its NOTIFY, and the due list.
 CREATE OR REPLACE FUNCTION idv.on_status_change_set() RETURNS trigger
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_n   bigint;
-    v_bad boolean;
+    v_n bigint;
 BEGIN
-    IF TG_OP = 'INSERT' THEN
-        WITH ev AS (
-            INSERT INTO idv.transaction_events (tx, transaction_id, merchant_biz_id, status,
-                                                previous_status, passed, sub_code, confirmed)
-            SELECT n.id, n.transaction_id, n.merchant_biz_id, n.status, NULL, n.passed,
-                   n.sub_code, n.confirmed
-            FROM new_rows n ORDER BY n.id
-            RETURNING *),
-        due AS (
-            INSERT INTO idv.sweep_due (kind, due, tx)
-            SELECT n.status,
-                   CASE WHEN n.status = 'initiated' THEN n.expires_at ELSE n.initiated_at END, n.id
-            FROM new_rows n
-            WHERE n.status = 'initializing' OR (n.status = 'initiated' AND n.expires_at IS NOT NULL))
-        SELECT count(pg_notify('idv_transaction_status',
-            '{"eventId" : ' || e.id
-            || ', "transactionId" : ' || coalesce('"' || e.transaction_id || '"', 'null')
-            || ', "merchantBizId" : "' || e.merchant_biz_id
-            || '", "status" : "' || e.status
-            || '", "previousStatus" : null, "passed" : ' || coalesce('"' || e.passed || '"', 'null')
-            || ', "subCode" : ' || coalesce(to_json(e.sub_code)::text, 'null')
-            || ', "confirmed" : ' || e.confirmed || '}'))
-        INTO v_n
-        FROM ev e;
-        RETURN NULL;
-    END IF;
-    WITH c AS (
-        SELECT n.id, n.transaction_id, n.merchant_biz_id, n.status, o.status AS previous_status,
-               n.passed, n.sub_code, n.confirmed,
-               CASE WHEN n.status = 'initiated' THEN n.expires_at ELSE n.initiated_at END AS due,
-               n.status IN ('initializing', 'initiated')
-               AND (n.status IS DISTINCT FROM o.status
-                    OR n.expires_at IS DISTINCT FROM o.expires_at
-                    OR n.initiated_at IS DISTINCT FROM o.initiated_at) AS due_changed,
-               o.callback_passed IS NOT NULL
-               AND (n.callback_passed, n.callback_sub_code)
-                   IS DISTINCT FROM (o.callback_passed, o.callback_sub_code) AS result_changed
-        FROM new_rows n JOIN old_rows o ON o.id = n.id),
-    ev AS (
+    WITH ev AS (
         INSERT INTO idv.transaction_events (tx, transaction_id, merchant_biz_id, status,
                                             previous_status, passed, sub_code, confirmed)
-        SELECT c.id, c.transaction_id, c.merchant_biz_id, c.status, c.previous_status, c.passed,
-               c.sub_code, c.confirmed
-        FROM c WHERE c.status IS DISTINCT FROM c.previous_status
-        ORDER BY c.id
+        SELECT n.id, n.transaction_id, n.merchant_biz_id, n.status, NULL, n.passed,
+               n.sub_code, n.confirmed
+        FROM new_rows n ORDER BY n.id
         RETURNING *),
     due AS (
         INSERT INTO idv.sweep_due (kind, due, tx)
-        SELECT c.status, c.due, c.id FROM c
-        WHERE c.due_changed AND c.due IS NOT NULL)
-    SELECT count(pg_notify('idv_transaction_status',
-               '{"eventId" : ' || e.id
-               || ', "transactionId" : ' || coalesce('"' || e.transaction_id || '"', 'null')
-               || ', "merchantBizId" : "' || e.merchant_biz_id
-               || '", "status" : "' || e.status
-               || '", "previousStatus" : ' || coalesce('"' || e.previous_status || '"', 'null')
-               || ', "passed" : ' || coalesce('"' || e.passed || '"', 'null')
-               || ', "subCode" : ' || coalesce(to_json(e.sub_code)::text, 'null')
-               || ', "confirmed" : ' || e.confirmed || '}')),
-           (SELECT bool_or(c.result_changed) FROM c)
-    INTO v_n, v_bad
+        SELECT n.status,
+               CASE WHEN n.status = 'initiated' THEN n.expires_at ELSE n.initiated_at END, n.id
+        FROM new_rows n
+        WHERE n.status = 'initializing' OR (n.status = 'initiated' AND n.expires_at IS NOT NULL))
+    SELECT count(pg_notify('idv_transaction_status', idv.status_payload(e))) INTO v_n
     FROM ev e;
-    IF v_bad THEN
+    RETURN NULL;
+END
+$$;
+DROP TRIGGER transactions_status_update ON idv.transactions;
+
+-- A changed row: its event and NOTIFY when the status moved, its place in the
+-- due list when its due time moved, and a recorded callback result never
+-- changes (it used to be kept in an append-only table): an UPDATE that would
+-- change one fails, whoever makes it.
+CREATE FUNCTION idv.on_status_change_row() RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    e idv.transaction_events;
+BEGIN
+    IF OLD.callback_passed IS NOT NULL
+       AND (NEW.callback_passed, NEW.callback_sub_code)
+           IS DISTINCT FROM (OLD.callback_passed, OLD.callback_sub_code) THEN
         RAISE EXCEPTION 'a recorded callback result is never changed'
             USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    IF NEW.status IS DISTINCT FROM OLD.status THEN
+        INSERT INTO idv.transaction_events (tx, transaction_id, merchant_biz_id, status,
+                                            previous_status, passed, sub_code, confirmed)
+        VALUES (NEW.id, NEW.transaction_id, NEW.merchant_biz_id, NEW.status, OLD.status,
+                NEW.passed, NEW.sub_code, NEW.confirmed)
+        RETURNING * INTO e;
+        PERFORM pg_notify('idv_transaction_status', idv.status_payload(e));
+    END IF;
+    IF NEW.status = 'initializing' OR (NEW.status = 'initiated' AND NEW.expires_at IS NOT NULL) THEN
+        IF NEW.status IS DISTINCT FROM OLD.status OR NEW.expires_at IS DISTINCT FROM OLD.expires_at
+           OR NEW.initiated_at IS DISTINCT FROM OLD.initiated_at THEN
+            INSERT INTO idv.sweep_due (kind, due, tx)
+            VALUES (NEW.status, CASE WHEN NEW.status = 'initiated' THEN NEW.expires_at
+                                     ELSE NEW.initiated_at END, NEW.id);
+        END IF;
     END IF;
     RETURN NULL;
 END
 $$;
+CREATE TRIGGER transactions_status_change AFTER UPDATE ON idv.transactions
+    FOR EACH ROW
+    WHEN ((OLD.status IS DISTINCT FROM NEW.status
+           OR OLD.expires_at IS DISTINCT FROM NEW.expires_at
+           OR OLD.initiated_at IS DISTINCT FROM NEW.initiated_at
+           OR OLD.callback_passed IS DISTINCT FROM NEW.callback_passed
+           OR OLD.callback_sub_code IS DISTINCT FROM NEW.callback_sub_code)
+          AND current_user <> 'idv_recorder')
+    EXECUTE FUNCTION idv.on_status_change_row();
 
 -- 4. Foreign keys and primary-key indexes nobody needs (see the top).
 ALTER TABLE idv.transaction_events DROP CONSTRAINT transaction_events_tx_fkey;
@@ -237,14 +262,15 @@ ALTER TABLE idv.transactions
 --  * rejected: no transaction of that id, or not this token;
 --  * duplicate / conflict: a right token, compared with the result recorded
 --    (by this batch, or committed before).
--- The update of a transaction row is the lock that decides which result is
--- first: a concurrent batch (another instance) that recorded one meanwhile
--- makes this update skip the row (callback_passed is no longer NULL when
--- PostgreSQL re-checks the row after waiting). Such an element cannot be
--- decided from this statement's snapshot; a second pass decides it, seeing
--- the other result committed. Rows are locked in transaction_id order (the
--- sorted source of the update), so concurrent batches cannot deadlock on each
--- other.
+-- Each element costs one index lookup: the row it names, read once, gives the
+-- token to check, a result already recorded, the previous status, and the
+-- row version the update then goes to directly (by its ctid). That update is
+-- the lock that decides which result is first: if another transaction changed
+-- the row since this statement's snapshot (another instance recorded a result,
+-- the sweeper expired it), the row version is no longer the one read, the
+-- update skips it, and the element cannot be decided from this snapshot; a
+-- second pass, with a new snapshot, decides it. Rows are updated in
+-- transaction_id order, so concurrent batches cannot deadlock on each other.
 --
 -- The status moves only from initiated or expired (a result confirmed already,
 -- by the sweeper, is never overwritten; the callback's own result is still
@@ -252,7 +278,9 @@ ALTER TABLE idv.transactions
 -- here (a SQL function in a query is planned again on every call); without, it
 -- becomes callback_received and the confirmation is queued in the same
 -- statement (an open sweep item of the transaction does the same CheckResult:
--- it becomes the confirmation).
+-- it becomes the confirmation). Each status moved gets its event and NOTIFY in
+-- the same statement (the status trigger is silent for this function's role,
+-- see above).
 --
 -- Returns one letter per element, in ordinal order: A accepted, D duplicate,
 -- C conflict, R rejected (one short text instead of a row per element).
@@ -261,28 +289,34 @@ CREATE FUNCTION idv.record_callback_batch(p_tx text[], p_token_hex text[], p_pas
                                           p_final boolean)
 RETURNS text
 LANGUAGE plpgsql
+SECURITY DEFINER
 -- Custom plans would be made for every call, and planning costs more than
 -- running: the generic plans (index lookups per element) suit every batch.
 SET plan_cache_mode = force_generic_plan
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     v_codes text;       -- one letter per element, '?' while undecided
     v_todo  integer[];  -- ordinals still undecided; NULL: every element
     v_more  text;
+    v_n     bigint;
 BEGIN
     FOR i IN 1..3 LOOP
-        WITH x AS (
-            SELECT x.tx, decode(x.dg, 'hex') AS dg, x.pa, x.sc, x.ip, x.n::integer AS n
+        WITH u AS (
+            SELECT x.tx, x.pa, x.sc, x.ip, x.n::integer AS n, t.ctid AS tid, t.status,
+                   t.callback_passed AS rp, t.callback_sub_code AS rs,
+                   t.callback_token_sha256 = decode(x.dg, 'hex') AS valid  -- NULL: no such row
             FROM unnest(p_tx, p_token_hex, p_passed, p_sub, p_ip)
                  WITH ORDINALITY AS x (tx, dg, pa, sc, ip, n)
+            LEFT JOIN idv.transactions t ON t.transaction_id = x.tx
             WHERE v_todo IS NULL OR x.n = ANY (v_todo)),
-        -- Per transaction and token, the first element (at most one token of
-        -- a transaction is right), with the verdict of its SubCode.
+        -- The first element of each transaction that can record a result, with
+        -- the verdict of its SubCode.
         f AS (
-            SELECT DISTINCT ON (x.tx, x.dg) x.tx, x.dg, x.pa, x.sc, x.n,
-                   (SELECT v.verdict FROM idv.sub_codes v WHERE v.sub_code = x.sc) AS verdict
-            FROM x
-            ORDER BY x.tx, x.dg, x.n),
+            SELECT DISTINCT ON (u.tx) u.tx, u.tid, u.status AS prev, u.pa, u.sc, u.n, v.verdict
+            FROM u LEFT JOIN idv.sub_codes v ON v.sub_code = u.sc
+            WHERE u.valid AND u.rp IS NULL
+            ORDER BY u.tx, u.n),
         upd AS (
             UPDATE idv.transactions t
             SET callback_passed = f.pa, callback_sub_code = f.sc, updated_at = now(),
@@ -304,33 +338,32 @@ BEGIN
                                     THEN coalesce(t.completed_at, now())
                                     ELSE t.completed_at END
             FROM f
-            WHERE t.transaction_id = f.tx AND t.callback_token_sha256 = f.dg
-              AND t.callback_passed IS NULL
-            RETURNING t.id, t.transaction_id, t.merchant_biz_id, t.status, f.dg, f.pa, f.sc, f.n),
+            WHERE t.ctid = f.tid AND t.callback_passed IS NULL
+            RETURNING t.id, t.transaction_id, t.merchant_biz_id, t.status, t.passed, t.sub_code,
+                      t.confirmed, f.prev, f.pa, f.sc, f.n),
+        ev AS (
+            INSERT INTO idv.transaction_events (tx, transaction_id, merchant_biz_id, status,
+                                                previous_status, passed, sub_code, confirmed)
+            SELECT upd.id, upd.transaction_id, upd.merchant_biz_id, upd.status, upd.prev,
+                   upd.passed, upd.sub_code, upd.confirmed
+            FROM upd WHERE upd.status IS DISTINCT FROM upd.prev
+            RETURNING *),
         wq AS (
             INSERT INTO idv.work_queue (kind, tx, transaction_id, merchant_biz_id)
             SELECT 'confirm', upd.id, upd.transaction_id, upd.merchant_biz_id
             FROM upd WHERE NOT p_final AND upd.status = 'callback_received'
             ORDER BY upd.transaction_id
             ON CONFLICT (tx) WHERE done_at IS NULL DO NOTHING),
-        -- The other elements are compared with the transaction as this
-        -- statement sees it (looked up only for transactions not updated here).
         o AS (
-            SELECT x.n, x.tx, x.pa, x.sc, x.ip,
-                   CASE WHEN a.n = x.n THEN 'accepted'
-                        WHEN coalesce(a.dg, r.dg) IS DISTINCT FROM x.dg THEN 'rejected'
-                        WHEN coalesce(a.pa, r.pa) IS NULL THEN NULL  -- raced: next pass
-                        WHEN coalesce(a.pa, r.pa) = x.pa AND coalesce(a.sc, r.sc) = x.sc
+            SELECT u.n, u.tx, u.pa, u.sc, u.ip,
+                   CASE WHEN a.n = u.n THEN 'accepted'
+                        WHEN NOT coalesce(u.valid, false) THEN 'rejected'
+                        WHEN coalesce(a.pa, u.rp) IS NULL THEN NULL  -- raced: next pass
+                        WHEN coalesce(a.pa, u.rp) = u.pa AND coalesce(a.sc, u.rs) = u.sc
                              THEN 'duplicate'
                         ELSE 'conflict' END AS outcome
-            FROM x
-            LEFT JOIN upd a ON a.transaction_id = x.tx
-            LEFT JOIN LATERAL (
-                SELECT t.callback_token_sha256 AS dg, t.callback_passed AS pa,
-                       t.callback_sub_code AS sc
-                FROM idv.transactions t
-                WHERE a.n IS NULL AND t.transaction_id = x.tx) r ON true),
-        ev AS (
+            FROM u LEFT JOIN upd a ON a.transaction_id = u.tx),
+        au AS (
             INSERT INTO idv.callback_events (outcome, transaction_id, passed, sub_code, client_ip,
                                              instance)
             SELECT o.outcome, o.tx, o.pa, o.sc, nullif(o.ip, '')::inet, p_instance
@@ -338,8 +371,10 @@ BEGIN
             ORDER BY o.n)
         SELECT string_agg(CASE o.outcome WHEN 'accepted' THEN 'A' WHEN 'duplicate' THEN 'D'
                                          WHEN 'conflict' THEN 'C' WHEN 'rejected' THEN 'R'
-                                         ELSE '?' END, '' ORDER BY o.n)
-        INTO v_more
+                                         ELSE '?' END, '' ORDER BY o.n),
+               (SELECT count(pg_notify('idv_transaction_status', idv.status_payload(e)))
+                FROM ev e)
+        INTO v_more, v_n
         FROM o;
         -- The first pass answers every element; a later one only those left.
         IF v_codes IS NULL THEN
@@ -355,7 +390,7 @@ BEGIN
         SELECT array_agg(k) INTO v_todo
         FROM generate_series(1, length(v_codes)) k WHERE substr(v_codes, k, 1) = '?';
     END LOOP;
-    -- A result recorded concurrently is committed by the time the next pass
+    -- A row changed concurrently is committed by the time the next pass
     -- starts, so a second pass decides every element; a third is paranoia.
     RAISE EXCEPTION 'record_callback_batch: % element(s) undecided after three passes',
         cardinality(v_todo);
@@ -431,10 +466,33 @@ $$;
 
 REVOKE ALL ON idv.callback_results, idv.sweep_due FROM PUBLIC;
 REVOKE ALL ON FUNCTION idv.record_callback_batch(text[], text[], text[], text[], text[], text,
-                                                 boolean) FROM PUBLIC;
+                                                 boolean), idv.forbid_result_write(),
+    idv.on_status_change_row(), idv.status_payload(idv.transaction_events) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION idv.record_callback_batch(text[], text[], text[], text[], text[], text,
                                                     boolean) TO idv_daemon;
 GRANT SELECT ON idv.callback_results TO idv_daemon;
 GRANT SELECT, DELETE ON idv.sweep_due TO idv_daemon;
-REVOKE ALL ON FUNCTION idv.forbid_result_write() FROM PUBLIC;
 REVOKE INSERT ON idv.transaction_events FROM idv_daemon;
+
+-- idv_recorder: what recording callbacks needs, nothing else; it owns
+-- idv.record_callback_batch, which runs with its rights (SECURITY DEFINER).
+-- Changing a function's owner needs membership in the new owner and the
+-- owner's CREATE on the schema, granted for that moment only.
+GRANT USAGE ON SCHEMA idv TO idv_recorder;
+GRANT SELECT, UPDATE ON idv.transactions TO idv_recorder;
+GRANT SELECT, INSERT ON idv.transaction_events TO idv_recorder;
+GRANT INSERT ON idv.callback_events TO idv_recorder;
+GRANT SELECT, INSERT ON idv.work_queue TO idv_recorder;  -- ON CONFLICT reads the arbiter
+GRANT SELECT ON idv.sub_codes TO idv_recorder;
+GRANT EXECUTE ON FUNCTION idv.status_payload(idv.transaction_events) TO idv_recorder;
+DO $$
+BEGIN
+    IF NOT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
+        EXECUTE format('GRANT idv_recorder TO %I', current_user);
+    END IF;
+END
+$$;
+GRANT CREATE ON SCHEMA idv TO idv_recorder;
+ALTER FUNCTION idv.record_callback_batch(text[], text[], text[], text[], text[], text, boolean)
+    OWNER TO idv_recorder;
+REVOKE CREATE ON SCHEMA idv FROM idv_recorder;
