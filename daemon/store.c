@@ -304,7 +304,7 @@ static unsigned young_batches(const struct store *st, size_t *largest)
  *
  * Every transaction has a fixed cost in PostgreSQL (the statement's start-up,
  * its CHECK constraints read again, the commit and its WAL flush): about as
- * much as recording five callbacks (README, Performance). Batches are as
+ * much as recording seven callbacks (README, Performance). Batches are as
  * large as the queue allows without making anyone wait for nothing:
  *  - no batch in flight: whatever is waiting goes at once (light load is not
  *    delayed);
