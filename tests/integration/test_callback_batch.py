@@ -73,6 +73,24 @@ def wait_daemon_blocked(pg):
                30, what="the daemon's batch to wait for the row lock")
 
 
+def answer_after_release(pg, d, blocker_sql, tx, passed, sub, token):
+    """Runs blocker_sql in an open transaction of its own, sends the callback,
+    waits until the daemon's batch waits for the row, commits; returns the
+    daemon's answer (status, body) and what blocker_sql printed."""
+    s = Session(pg)
+    try:
+        check_eq(s.run("BEGIN"), "", "begin")
+        printed = s.run(blocker_sql)
+        res = callback_in_thread(d, tx, passed, sub, token)
+        wait_daemon_blocked(pg)
+        check("status" not in res, "the daemon answered before the row was released")
+        s.run("COMMIT")
+        res["thread"].join(30)
+        return (res.get("status"), res.get("body")), printed
+    finally:
+        s.close()
+
+
 def events(pg, tx):
     return pg.rows("SELECT coalesce(previous_status, '-'), status FROM idv.transaction_events"
                    f" WHERE transaction_id = '{tx}' ORDER BY xid, id")
@@ -96,21 +114,13 @@ def case_row_lock_decides(ctx):
 
     # 1. Another instance ("other") records N/205 first, in a transaction
     # that is still open when the daemon's batch reaches the row.
-    s = Session(pg)
-    try:
-        check_eq(s.run("BEGIN"), "", "begin")
-        check_eq(s.run("SELECT idv.record_callback_batch(ARRAY['race1'], ARRAY['" + tok_hex +
-                       "'], ARRAY['N'], ARRAY['205'], ARRAY['10.0.0.9'], 'other', true)"),
-                 "A", "the other instance's callback")
-        res = callback_in_thread(d, "race1", "Y", "200", tokens["race1"])
-        wait_daemon_blocked(pg)
-        check("status" not in res, "the daemon answered before the row was released")
-        s.run("COMMIT")
-        res["thread"].join(30)
-        check_eq((res.get("status"), res.get("body")), (409, {"result": "conflict"}),
-                 "the daemon's answer once the other result committed")
-    finally:
-        s.close()
+    answer, printed = answer_after_release(
+        pg, d, "SELECT idv.record_callback_batch(ARRAY['race1'], ARRAY['" + tok_hex +
+        "'], ARRAY['N'], ARRAY['205'], ARRAY['10.0.0.9'], 'other', true)",
+        "race1", "Y", "200", tokens["race1"])
+    check_eq(printed, "A", "the other instance's callback")
+    check_eq(answer, (409, {"result": "conflict"}),
+             "the daemon's answer once the other result committed")
     check_eq(pg.psql("SELECT status, passed, sub_code, callback_passed, callback_sub_code"
                      " FROM idv.transactions WHERE transaction_id = 'race1'"),
              "not_passed|N|205|N|205", "race1 keeps the first result")
@@ -124,18 +134,10 @@ def case_row_lock_decides(ctx):
     # 2. The sweeper (here: an operator's UPDATE, the same row change) expires
     # race2 while the daemon's batch waits: the version the batch read is gone;
     # its second pass records the result on the expired row.
-    s = Session(pg)
-    try:
-        s.run("BEGIN")
-        s.run("UPDATE idv.transactions SET status = 'expired' WHERE transaction_id = 'race2'")
-        res = callback_in_thread(d, "race2", "Y", "200", tokens["race2"])
-        wait_daemon_blocked(pg)
-        s.run("COMMIT")
-        res["thread"].join(30)
-        check_eq((res.get("status"), res.get("body")), (200, {"result": "accepted"}),
-                 "the daemon's answer once the expiry committed")
-    finally:
-        s.close()
+    answer, _ = answer_after_release(
+        pg, d, "UPDATE idv.transactions SET status = 'expired' WHERE transaction_id = 'race2'",
+        "race2", "Y", "200", tokens["race2"])
+    check_eq(answer, (200, {"result": "accepted"}), "the daemon's answer once the expiry committed")
     check_eq(pg.psql("SELECT status, passed, sub_code, callback_passed FROM idv.transactions"
                      " WHERE transaction_id = 'race2'"), "passed|Y|200|Y", "race2 recorded")
     check_eq(events(pg, "race2"),
