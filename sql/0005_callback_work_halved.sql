@@ -1,13 +1,14 @@
 -- Half the database work per accepted callback (issue 15).
 --
 -- Before, an accepted callback wrote four rows (idv.callback_results,
--- idv.transactions, idv.transaction_events, idv.callback_events), eleven index
+-- idv.transactions, idv.transaction_events, idv.callback_events), ten index
 -- entries, two foreign-key checks (each a row lock, with its WAL record, on the
--- idv.transactions row), a speculative insertion (ON CONFLICT), and evaluated
--- two regular expressions that cost more than the rest. Now it writes three
--- rows and three index entries (the update of idv.transactions is a HOT
--- update: no index changes), checks no foreign key, and the update it makes
--- anyway is the lock that decides "first result wins":
+-- idv.transactions row), a speculative insertion (ON CONFLICT), called a
+-- statement trigger, and evaluated two regular expressions that cost more than
+-- the rest. Now it writes three rows and three index entries (the update of
+-- idv.transactions is a HOT update: no index changes), checks no foreign key,
+-- calls no trigger, and the update it makes anyway is the lock that decides
+-- "first result wins" (README, Performance, has the measurements):
 --
 --  * The first callback result lives on the transaction row (callback_passed,
 --    callback_sub_code, which held it already): the row lock of that update
@@ -25,15 +26,16 @@
 --    idv.begin_initialize, which is what decided it before (the unique index
 --    was a second guard behind it). Pages keep room for new row versions
 --    (fillfactor), so that the update finds space on its own page.
---  * Status events are appended by the status trigger only: the trigger reads
---    the rows its statement changed, so the row an event points to exists; the
---    foreign key transaction_events.tx -> transactions, checked (and locked)
---    per event, proved nothing more. The trigger runs with its owner's rights
---    and idv_daemon loses INSERT on idv.transaction_events: an event cannot be
---    written without the status change it records. The same reasoning drops
---    the foreign keys of idv.check_results and idv.work_queue: their rows are
---    written by functions that have just read or locked the transaction row
---    (complete_confirmation, record_callback_batch, sweep).
+--  * Status events are written by the status trigger and, for the statuses
+--    callbacks move, by idv.record_callback_batch in the same statement (see
+--    3. and 6.); both read the row they record, so the row an event points to
+--    exists: the foreign key transaction_events.tx -> transactions, checked
+--    (and locked) per event, proved nothing more. Both run with their owner's
+--    rights and idv_daemon loses INSERT on idv.transaction_events: an event
+--    cannot be written without the status change it records. The same
+--    reasoning drops the foreign keys of idv.check_results and idv.work_queue:
+--    their rows are written by functions that have just read or locked the
+--    transaction row (complete_confirmation, record_callback_batch, sweep).
 --  * No query looks up idv.callback_events or idv.transaction_events by id:
 --    readers find rows by transaction_id, by time (BRIN on received_at) or by
 --    (xid, id) (the consumer protocol). Their primary-key indexes go; id stays
@@ -76,7 +78,7 @@ CREATE FUNCTION idv.forbid_result_write() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
     RAISE EXCEPTION 'idv.callback_results is append-only: a first result is recorded by '
-                    'idv.record_callbacks and never changed'
+                    'idv.record_callback_batch and never changed'
         USING ERRCODE = 'insufficient_privilege';
 END
 $$;
