@@ -18,9 +18,9 @@
 #define STORE_SLOW_BATCH_MS 250
 
 const struct pg_stmt store_statements[] = {
-    {"record_callbacks",
-     "SELECT ord, outcome FROM idv.record_callbacks($1::text[], $2::text[], $3::text[],"
-     " $4::text[], $5::text[], $6, $7::boolean)"},
+    {"record_callback_batch",
+     "SELECT idv.record_callback_batch($1::text[], $2::text[], $3::text[], $4::text[],"
+     " $5::text[], $6, $7::boolean)"},
     {"record_events",
      "SELECT idv.record_events($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],"
      " $6::text[], $7, $8::double precision[])"},
@@ -110,6 +110,19 @@ static void jobs_fail(struct cb_job **jobs, size_t n, enum cb_outcome o)
 
 static void submit_jobs(struct store *st, struct cb_job **jobs, size_t n);
 
+/* idv.record_callback_batch answers one letter per callback. Anything else
+ * cannot be vouched for: UNAVAILABLE (never happens with a matching schema). */
+static enum cb_outcome outcome_of_code(char c)
+{
+    switch (c) {
+    case 'A': return CBO_ACCEPTED;
+    case 'D': return CBO_DUPLICATE;
+    case 'C': return CBO_CONFLICT;
+    case 'R': return CBO_REJECTED;
+    default: return CBO_UNAVAILABLE;
+    }
+}
+
 static void batch_done(struct pg_query *q, PGresult *res, int err)
 {
     struct batch *b = q->data;
@@ -132,18 +145,16 @@ static void batch_done(struct pg_query *q, PGresult *res, int err)
         st->inflight = b->next;
     if (b->next) b->next->prev = b->prev;
     double secs = (double)(uv_now(st->loop) - b->sent_at) / 1000.0;
-    if (err == 0 && res && PQntuples(res) == (int)b->n) {
+    if (err == 0 && res && PQntuples(res) == 1 && PQnfields(res) == 1 &&
+        (size_t)PQgetlength(res, 0, 0) == b->n) {
         histogram_observe(&g_metrics.commit_seconds, secs);
         g_metrics.batches++;
         g_metrics.batch_items += b->n;
-        /* The sync has been answered: the transaction committed. */
+        /* The sync has been answered: the transaction committed. One letter
+         * per callback, in the order sent. */
+        const char *codes = PQgetvalue(res, 0, 0);
         enum cb_outcome out[STORE_BATCH_MAX];
-        for (size_t i = 0; i < b->n; i++) out[i] = CBO_UNAVAILABLE;
-        for (int r = 0; r < PQntuples(res); r++) {
-            long ord = strtol(PQgetvalue(res, r, 0), NULL, 10);
-            int o = cb_outcome_parse(PQgetvalue(res, r, 1));
-            if (ord >= 1 && (size_t)ord <= b->n && o >= 0) out[ord - 1] = (enum cb_outcome)o;
-        }
+        for (size_t i = 0; i < b->n; i++) out[i] = outcome_of_code(codes[i]);
         PQclear(res);
         for (size_t i = 0; i < b->n; i++) b->u.jobs[i]->done(b->u.jobs[i], out[i]);
         batch_free(b);
@@ -214,7 +225,7 @@ static void submit_jobs(struct store *st, struct cb_job **jobs, size_t n)
     b->next = st->inflight;
     if (b->next) b->next->prev = b;
     st->inflight = b;
-    b->q.stmt = "record_callbacks";
+    b->q.stmt = "record_callback_batch";
     b->q.nparams = 7;
     b->q.values = b->values;
     b->q.deadline = deadline;
@@ -273,28 +284,38 @@ static void submit_audit(struct store *st)
     pg_pool_submit(st->pool, &b->q);
 }
 
-/* Callback batches in flight that still hold a slot. */
-static unsigned young_batches(const struct store *st)
+/* Callback batches in flight that still hold a slot; *largest is the number
+ * of callbacks in the largest of them. */
+static unsigned young_batches(const struct store *st, size_t *largest)
 {
     uint64_t now = uv_now(st->loop);
     unsigned n = 0;
+    *largest = 0;
     for (const struct batch *b = st->inflight; b; b = b->next)
-        if (now - b->sent_at < STORE_SLOW_BATCH_MS) n++;
+        if (now - b->sent_at < STORE_SLOW_BATCH_MS) {
+            n++;
+            if (b->n > *largest) *largest = b->n;
+        }
     return n;
 }
 
 /* The pool has an idle connection and nothing queued: give it the callbacks
  * gathered so far as one transaction, or else the waiting audit rows.
  *
- * Callback batches get max_batches slots, not the whole pool: under load the
- * callbacks that arrive while the slots are busy wait for the next commit and
- * leave together. Fewer, larger transactions is what group commit is for: each
- * transaction has a fixed cost in PostgreSQL (statement start-up, commit,
- * WAL flush) and backends beyond the server's cores only compete for them. On
- * two cores, eight batches at once gave less than half the throughput of two
- * (see README, Performance). A slot is released when its batch is answered, or
- * after STORE_SLOW_BATCH_MS, so a batch stuck on a lock does not stop the rest.
- * Light load is not delayed: a callback finds a free slot and goes at once.
+ * Every transaction has a fixed cost in PostgreSQL (the statement's start-up,
+ * its CHECK constraints read again, the commit and its WAL flush): about as
+ * much as recording seven callbacks (README, Performance). Batches are as
+ * large as the queue allows without making anyone wait for nothing:
+ *  - no batch in flight: whatever is waiting goes at once (light load is not
+ *    delayed);
+ *  - a batch in flight: callbacks that arrive wait for its commit and leave
+ *    together with the next one, unless at least as many wait as that batch
+ *    holds: then a second batch goes at once, so that one commit can wait for
+ *    its WAL flush while the other uses the CPU. The size of a batch thus
+ *    follows the arrival rate times the commit time.
+ * At most max_batches are in flight (backends beyond the server's cores only
+ * compete for them). A slot is released when its batch is answered, or after
+ * STORE_SLOW_BATCH_MS, so a batch stuck on a lock does not stop the rest.
  *
  * Audit rows go one batch at a time: a flood of malformed requests then holds
  * at most one connection, the others stay free for callbacks that wait on a
@@ -302,7 +323,9 @@ static unsigned young_batches(const struct store *st)
 static void on_pool_idle(void *arg)
 {
     struct store *st = arg;
-    if (st->head && young_batches(st) < st->max_batches) {
+    size_t largest;
+    unsigned young = young_batches(st, &largest);
+    if (st->head && young < st->max_batches && (young == 0 || st->pending >= largest)) {
         struct cb_job *jobs[STORE_BATCH_MAX];
         size_t n = 0;
         while (st->head && n < STORE_BATCH_MAX) {

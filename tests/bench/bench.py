@@ -67,6 +67,9 @@ class Settings:
         self.idle = env_int("IDV_BENCH_IDLE_CONNECTIONS", 10000)
         self.idle_hold = env_float("IDV_BENCH_IDLE_HOLD", 1.0 if q else 3.0)
         self.pin = os.environ.get("IDV_BENCH_PIN", "1") == "1"
+        # IDV_BENCH_ONLY=b: the warm-up and (b) only (the cost table), e.g. to
+        # compare two versions; the default is every workload.
+        self.only = set(os.environ.get("IDV_BENCH_ONLY", "abcdef").replace(",", ""))
         self.ncpu = os.cpu_count() or 1
 
     def as_dict(self):
@@ -219,10 +222,14 @@ class Bench:
             # others: it is off, and vacuum() runs between rounds instead.
             "autovacuum": "off",
             "log_min_messages": "warning",
+            # Calls of PL/pgSQL functions, trigger functions among them, for
+            # the cost table (pg_stat_user_functions).
+            "track_functions": "pl",
         }
         self.pg = idvtest.PgCluster(self.tmp, "pg", settings=settings).initdb()
         self.pg.start()
         self.pg.setup_schema()
+        self.results["postgres"] = self.pg_settings()
         self.pg.psql("CREATE TABLE public.bench_pgbench (transaction_id text PRIMARY KEY,"
                      " passed text NOT NULL, sub_code text NOT NULL,"
                      " received_at timestamptz NOT NULL DEFAULT now(), instance text NOT NULL)")
@@ -345,24 +352,31 @@ class Bench:
         return v or 0.0
 
     def event_mark(self):
-        return int(self.pg.psql("SELECT coalesce(max(id), 0) FROM idv.callback_events"))
+        """The database's clock before a run: every audit row of the run is
+        received at or after it (received_at has a BRIN index, so counting
+        by time reads only the run's pages)."""
+        return self.pg.psql("SELECT clock_timestamp()")
 
     def events_since(self, mark):
-        rows = self.pg.rows(f"SELECT outcome, count(*) FROM idv.callback_events WHERE id > {mark}"
-                            " GROUP BY outcome")
+        rows = self.pg.rows("SELECT outcome, count(*) FROM idv.callback_events"
+                            f" WHERE received_at >= '{mark}' GROUP BY outcome")
         return {o: int(n) for o, n in rows}
 
     def results_count(self):
-        return int(self.pg.psql("SELECT count(*) FROM idv.callback_results"))
+        """First results recorded: the rows of idv.callback_results."""
+        return int(self.pg.psql("SELECT count(*) FROM idv.transactions"
+                                " WHERE callback_passed IS NOT NULL"))
 
-    def settle_audit(self, timeout=60):
-        """Waits until the daemon wrote (or shed) every malformed audit row."""
+    def settle_audit(self, mark, timeout=60):
+        """Waits until the daemon wrote (or shed) every malformed audit row of
+        the run that started at mark."""
         end = time.monotonic() + timeout
         last = None
         while time.monotonic() < end:
             m = self.metrics()
             q = self.metric(m, "idv_audit_queue")
-            n = self.pg.psql("SELECT count(*) FROM idv.callback_events WHERE outcome = 'malformed'")
+            n = self.pg.psql("SELECT count(*) FROM idv.callback_events"
+                             f" WHERE outcome = 'malformed' AND received_at >= '{mark}'")
             if q == 0 and n == last:
                 return
             last = n
@@ -372,15 +386,110 @@ class Bench:
     def checkpoint(self):
         self.pg.psql("CHECKPOINT")
 
+    # ---- what PostgreSQL did per unit of work ---------------------------------
+
+    PG_SETTINGS = ("server_version", "shared_buffers", "wal_buffers", "fsync", "synchronous_commit",
+                   "wal_sync_method", "full_page_writes", "wal_compression", "wal_level",
+                   "max_wal_size", "checkpoint_timeout", "commit_delay", "autovacuum",
+                   "data_checksums", "lc_collate", "huge_pages", "max_connections",
+                   "track_functions")
+
+    def pg_settings(self):
+        return dict(self.pg.rows("SELECT name, setting || coalesce(unit, '') FROM pg_settings"
+                                 " WHERE name IN (" + ", ".join(f"'{n}'"
+                                                                for n in self.PG_SETTINGS)
+                                 + ") ORDER BY name"))
+
+    def cost_snapshot(self):
+        """Where the WAL is, and the calls of trigger functions so far."""
+        lsn = self.pg.psql("SELECT pg_current_wal_insert_lsn()")
+        calls = dict(self.pg.rows(
+            "SELECT f.schemaname || '.' || f.funcname, f.calls FROM pg_stat_user_functions f"
+            " JOIN pg_proc p ON p.oid = f.funcid WHERE p.prorettype = 'trigger'::regtype"))
+        return {"lsn": lsn, "trigger_calls": {k: int(v) for k, v in calls.items()}}
+
+    def cost_delta(self, s0, s1, units):
+        """What PostgreSQL wrote between two snapshots, per unit: read from the
+        WAL itself (pg_waldump, every record with the relation it touched), so
+        it is exact and needs no statistics to be flushed. Rows: heap inserts
+        and updates (HOT or not) by table; index entries: B-tree leaf
+        insertions (a page split carries its insertion) and BRIN updates, by
+        index; foreign-key checks: rows inserted into a table times its foreign
+        keys (each check reads the referenced row and locks it); trigger calls:
+        PL/pgSQL trigger functions (pg_stat_user_functions) plus the foreign-key
+        triggers."""
+        rels = {}
+        for fn, name, kind in self.pg.rows(
+                "SELECT pg_relation_filenode(c.oid), n.nspname || '.' || c.relname, c.relkind"
+                " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+                " WHERE n.nspname IN ('idv', 'public') AND c.relkind IN ('r', 'i', 'S')"
+                " AND pg_relation_filenode(c.oid) IS NOT NULL"):
+            rels[fn] = (name, kind)
+        fks = self.pg.rows("SELECT conrelid::regclass::text, count(*) FROM pg_constraint"
+                           " WHERE contype = 'f' AND connamespace IN"
+                           " ('idv'::regnamespace, 'public'::regnamespace) GROUP BY 1")
+        fks = {(t if "." in t else "public." + t): int(n) for t, n in fks}
+        p = subprocess.run([os.path.join(PG_BINDIR, "pg_waldump"), "-p",
+                            os.path.join(self.pg.data, "pg_wal"), "-s", s0["lsn"], "-e",
+                            s1["lsn"]], capture_output=True, text=True)
+        heap, index, records, fpi = {}, {}, 0, 0
+        rec_re = re.compile(r"^rmgr: (\S+)\s.*?desc: (\S+)(.*)$")
+        rel_re = re.compile(r"blkref #0: rel \d+/\d+/(\d+)")
+        for line in p.stdout.splitlines():
+            m = rec_re.match(line)
+            if not m:
+                continue
+            records += 1
+            fpi += line.count(" FPW")
+            rmgr, op, rest = m.group(1), m.group(2).split("+")[0], m.group(3)  # INSERT+INIT
+            r = rel_re.search(rest)
+            name, kind = rels.get(r.group(1), ("other", "?")) if r else ("other", "?")
+            if rmgr == "Heap" and op in ("INSERT", "UPDATE", "HOT_UPDATE", "LOCK"):
+                heap.setdefault(name, {}).setdefault(op, 0)
+                heap[name][op] += 1
+            elif rmgr == "Heap2" and op == "MULTI_INSERT":
+                n = re.search(r"(\d+) tuples|ntuples:? (\d+)", rest)
+                heap.setdefault(name, {}).setdefault("INSERT", 0)
+                heap[name]["INSERT"] += int(n.group(1) or n.group(2)) if n else 1
+            elif rmgr == "Btree" and op in ("INSERT_LEAF", "INSERT_POST", "SPLIT_L", "SPLIT_R"):
+                index[name] = index.get(name, 0) + 1
+            elif rmgr == "BRIN" and op in ("INSERT", "UPDATE", "SAMEPAGE_UPDATE"):
+                index[name] = index.get(name, 0) + 1
+        if p.returncode != 0 and not records:
+            raise Fail(f"pg_waldump failed: {p.stderr.strip()}")
+        wal_bytes = int(self.pg.psql(f"SELECT pg_wal_lsn_diff('{s1['lsn']}', '{s0['lsn']}')"))
+        trig = {k: v - s0["trigger_calls"].get(k, 0) for k, v in s1["trigger_calls"].items()}
+        trig = {k: v for k, v in trig.items() if v}
+        fk_checks = sum(h.get("INSERT", 0) * fks.get(t, 0) for t, h in heap.items())
+        u = max(units, 1)
+        return {
+            "units": units,
+            "rows_inserted": sum(h.get("INSERT", 0) for h in heap.values()) / u,
+            "rows_updated": sum(h.get("UPDATE", 0) + h.get("HOT_UPDATE", 0)
+                                for h in heap.values()) / u,
+            "hot_updates": sum(h.get("HOT_UPDATE", 0) for h in heap.values()) / u,
+            "row_locks": sum(h.get("LOCK", 0) for h in heap.values()) / u,
+            "index_entries": sum(index.values()) / u,
+            "fk_checks": fk_checks / u,
+            "trigger_calls": (sum(trig.values()) + fk_checks) / u,
+            "wal_records": records / u,
+            "wal_fpi": fpi / u,
+            "wal_bytes": wal_bytes / u,
+            "by_table": {t: {k: v / u for k, v in h.items()} for t, h in heap.items()},
+            "by_index": {i: v / u for i, v in index.items()},
+            "trigger_functions": {k: v / u for k, v in trig.items()},
+        }
+
     def vacuum(self):
         """What autovacuum would do, between rounds rather than during them
         (skipped by --quick: its tables stay small)."""
         if self.st.quick:
             return
         t = time.monotonic()
-        for table in ("idv.transactions", "idv.callback_results", "idv.callback_events",
-                      "idv.transaction_events", "public.bench_pgbench"):
-            self.pg.psql(f"VACUUM (ANALYZE) {table}")
+        for table in ("idv.transactions", "idv.callback_events", "idv.transaction_events",
+                      "idv.sweep_due", "public.bench_pgbench"):
+            if self.pg.psql(f"SELECT to_regclass('{table}') IS NOT NULL") == "t":
+                self.pg.psql(f"VACUUM (ANALYZE) {table}")
         self.results.setdefault("vacuum_s", []).append(round(time.monotonic() - t, 2))
 
     def record(self, **kw):
@@ -390,7 +499,7 @@ class Bench:
     # ---- one run of each kind -------------------------------------------------
 
     def http_run(self, workload, side, port, urls, server_pid, *, duration, conns, rate=None,
-                 once=False, pinned=False, spectrum=None, db=False):
+                 once=False, pinned=False, spectrum=None, db=False, cost=False):
         """One load generator run against the daemon or nginx, with CPU
         accounting and, for the daemon, the database checks."""
         lg_cpus = None
@@ -409,6 +518,7 @@ class Bench:
             batches_before = (self.metric(self.metrics(), "idv_commit_batches_total"),
                               self.metric(self.metrics(), "idv_commit_batch_items_total"))
             self.checkpoint()
+            c0 = self.cost_snapshot() if cost else None
         cpu0 = self.cpu_snapshot()
         r = self.run_loadgen(self.loadgen(port, urls, duration=duration, conns=conns, rate=rate,
                                           once=once, cpus=lg_cpus, spectrum=spectrum))
@@ -427,8 +537,16 @@ class Bench:
         errs = sum(r["errors"].values())
         if errs:
             raise Fail(f"{workload}/{side}: load generator errors {r['errors']}")
+        if db and cost:
+            time.sleep(2)  # backends report function calls at most once a second
+            r["db_cost"] = self.cost_delta(c0, self.cost_snapshot(),
+                                           r["result"].get("accepted", 0))
         if db:
             self.check_db(workload, r, mark, res_before, shed_before, batches_before)
+        if rate:
+            # The load generator's own lateness must stay well under what it
+            # measures, or the run says more about the generator than the server.
+            r["valid"] = r["send_lag_ms"]["p99"] < 0.1 * r["latency_ms"]["p99"]
         self.record(**r)
         lat = r["latency_ms"]
         log(f"{workload:<12} {side:<8} {r['rps']:>10.0f}/s  p50 {lat['p50']:.3f} ms  "
@@ -442,7 +560,7 @@ class Bench:
         or shed and counted under overload)."""
         res = r["result"]
         if res.get("malformed"):
-            self.settle_audit()
+            self.settle_audit(mark)
         accepted_rows = self.results_count() - res_before
         events = self.events_since(mark)
         m = self.metrics()
@@ -470,9 +588,10 @@ class Bench:
             raise Fail(f"{workload}: committed rows do not match the answers: "
                        + "; ".join(problems))
 
-    def pgbench(self, workload, *, duration, rate=None, logdir=None):
+    def pgbench(self, workload, *, duration, rate=None, logdir=None, cost=False):
         before = int(self.pg.psql("SELECT count(*) FROM public.bench_pgbench"))
         self.checkpoint()
+        c0 = self.cost_snapshot() if cost else None
         cmd = [os.path.join(PG_BINDIR, "pgbench"), "-n", "-M", "prepared",
                "-c", str(self.st.pool), "-j", str(self.st.pgbench_threads),
                "-T", str(int(round(duration))), "-f", self.pgbench_script,
@@ -508,6 +627,13 @@ class Bench:
              "rows": after - before, "failed": int(failed.group(1)) if failed else 0,
              "wall_s": round(wall, 3), "cpu_s": self.cpu_delta(cpu0, cpu1)}
         r["other_load"] = round(r["cpu_s"]["other"] / max(span, 0.001) / self.st.ncpu, 3)
+        if cost:
+            time.sleep(2)
+            r["db_cost"] = self.cost_delta(c0, self.cost_snapshot(), done)
+        if rate:
+            lag = re.search(r"rate limit schedule lag: avg ([0-9.]+) \(max ([0-9.]+)\) ms", out)
+            if lag:
+                r["schedule_lag_ms"] = {"avg": float(lag.group(1)), "max": float(lag.group(2))}
         if after - before != done:
             # A random key may (very rarely) repeat: ON CONFLICT DO NOTHING
             # then inserts nothing. Anything more is a broken baseline.
@@ -567,7 +693,7 @@ class Bench:
 
         # (a) the bare probe against nginx, pinned: load generator on CPU 0,
         # the server under test on CPU 1.
-        for i in range(st.pairs):
+        for i in range(st.pairs if "a" in st.only else 0):
             self.http_run("a_probe", "daemon", dport, probe, dpid, duration=st.http_s,
                           conns=st.conns, pinned=pinned)
             self.http_run("a_probe", "nginx", self.nginx.port, probe, self.nginx.worker,
@@ -584,14 +710,14 @@ class Bench:
             self.vacuum()
             u = self.urls_valid(f"accepted{i}", *slices[i])
             r = self.http_run("b_accepted", "daemon", dport, u, dpid, duration=st.db_s,
-                              conns=st.conns, once=True, db=True)
+                              conns=st.conns, once=True, db=True, cost=True)
             if r["result"].get("accepted", 0) == per_run:
                 log("warning: every registered transaction was used before the end of the run")
             if first_accepted is None:
                 first_accepted = (u, r["result"].get("accepted", 0))
             else:
                 os.unlink(u)
-            self.pgbench("b_accepted", duration=st.db_s)
+            self.pgbench("b_accepted", duration=st.db_s, cost=True)
 
         # (c) a replay flood (the accepted callbacks again: duplicate), (d) a
         # flood of wrong tokens (rejected), and the rejected-on-parse path
@@ -606,6 +732,10 @@ class Bench:
         malformed = self.urls_fixed("malformed", [
             f"{CALLBACK_PATH}?transactionId=bench{g}&passed=X&subCode=200"
             f"&callbackToken=bench-token-{g:012d}" for g in range(1, 100001)])
+        if st.only == {"b"}:
+            self.results["elapsed_s"] = round(time.monotonic() - t_start, 1)
+            self.plot(spec_dir)
+            return
         for i in range(st.pairs):
             self.vacuum()
             self.http_run("c_replay", "daemon", dport, replay, dpid, duration=st.flood_s,
@@ -615,16 +745,16 @@ class Bench:
             self.http_run("malformed_max", "daemon", dport, malformed, dpid,
                           duration=st.flood_s, conns=st.conns, db=True, pinned=pinned)
 
-        # (e) fixed rate, Poisson arrivals, latency from the intended send time.
-        b_d = self.median("b_accepted", "daemon")
+        # (e) fixed rate, Poisson arrivals, latency from the intended send time:
+        # half of pgbench's single-row maximum of (b), for accepted callbacks,
+        # pgbench -R and malformed callbacks alike (all three on both CPUs).
         b_p = self.median("b_accepted", "pgbench")
-        rate_acc = 0.5 * min(b_d, b_p)
-        rate_mal = 0.5 * self.median("malformed_max", "daemon")
+        rate_acc = 0.5 * b_p
         rate_probe = 0.5 * min(self.median("a_probe", "daemon"), self.median("a_probe", "nginx"))
-        self.results["rates"] = {"accepted": rate_acc, "malformed": rate_mal,
+        self.results["rates"] = {"accepted": rate_acc, "malformed": rate_acc,
                                  "probe": rate_probe}
-        log(f"(e) rates: accepted vs pgbench {rate_acc:.0f}/s, malformed {rate_mal:.0f}/s, "
-            f"probe vs nginx {rate_probe:.0f}/s")
+        log(f"(e) rates: accepted, malformed and pgbench -R {rate_acc:.0f}/s (half of pgbench's"
+            f" maximum), probe vs nginx {rate_probe:.0f}/s")
         need = int(rate_acc * st.rate_s * 1.2) + 1000
         eslices = [self.register(need) for _ in range(st.pairs)]
         for i in range(st.pairs):
@@ -634,11 +764,10 @@ class Bench:
                           conns=st.rate_conns, rate=rate_acc, once=True, db=True,
                           spectrum=os.path.join(spec_dir, f"spectrum-accepted-{i}.txt"))
             self.pgbench("e_accepted", duration=st.rate_s, rate=rate_acc, logdir=spec_dir)
-            os.unlink(u)
-        for i in range(st.pairs):
             self.http_run("e_malformed", "daemon", dport, malformed, dpid, duration=st.rate_s,
-                          conns=st.rate_conns, rate=rate_mal, db=True, pinned=pinned,
+                          conns=st.rate_conns, rate=rate_acc, db=True,
                           spectrum=os.path.join(spec_dir, f"spectrum-malformed-{i}.txt"))
+            os.unlink(u)
         for i in range(0 if st.quick else st.pairs):  # informative only: not in --quick
             self.http_run("e_probe", "daemon", dport, probe, dpid, duration=st.rate_s,
                           conns=st.rate_conns, rate=rate_probe, pinned=pinned,
@@ -705,35 +834,97 @@ class Bench:
         rs = sorted(self.runs(workload, side), key=lambda r: r["latency_ms"][q])
         return rs[len(rs) // 2] if rs else None
 
+    def cpu_per_unit(self, workload, side, key):
+        """Median over runs of a party's CPU microseconds per answer (per
+        transaction for pgbench)."""
+        vals = [r["cpu_s"].get(key, 0) / max(r.get("responses") or r.get("requests") or 1, 1)
+                * 1e6 for r in self.runs(workload, side)]
+        return statistics.median(vals) if vals else float("nan")
+
+    def valid_runs(self, workload, side):
+        """Fixed-rate runs whose load generator was on time (see http_run)."""
+        return [r for r in self.runs(workload, side) if r.get("valid", True)]
+
+    def median_valid_lat(self, workload, side, q):
+        vals = [r["latency_ms"][q] for r in self.valid_runs(workload, side)]
+        return statistics.median(vals) if vals else None
+
+    def median_cost(self, workload, side):
+        cs = [r["db_cost"] for r in self.runs(workload, side) if r.get("db_cost")]
+        if not cs:
+            return None
+        out = {k: statistics.median([c[k] for c in cs]) for k, v in cs[0].items()
+               if isinstance(v, (int, float))}
+        for part in ("by_index", "trigger_functions"):
+            keys = sorted({k for c in cs for k in c[part]})
+            out[part] = {k: statistics.median([c[part].get(k, 0) for c in cs]) for k in keys}
+        tables = sorted({t for c in cs for t in c["by_table"]})
+        out["by_table"] = {t: {op: statistics.median([c["by_table"].get(t, {}).get(op, 0)
+                                                      for c in cs])
+                               for op in sorted({op for c in cs
+                                                 for op in c["by_table"].get(t, {})})}
+                           for t in tables}
+        return out
+
     def table(self):
         rows = []
 
-        def add(name, mine, base, ratio, target, ok, unit):
+        def add(name, mine, base, ratio, target, ok, unit, cpu=None):
+            # cpu: (daemon us, PostgreSQL us) per unit of the daemon's side and
+            # (server us, PostgreSQL us) of the baseline's, where they apply.
             rows.append({"workload": name, "daemon": mine, "baseline": base, "ratio": ratio,
-                         "target": target, "pass": ok, "unit": unit})
+                         "target": target, "pass": ok, "unit": unit, "cpu_us": cpu})
 
-        a_d, a_n = self.median("a_probe", "daemon"), self.median("a_probe", "nginx")
-        add("(a) probe, req/s vs nginx", a_d, a_n, a_d / a_n, ">= 0.80x", a_d / a_n >= 0.8,
-            "req/s")
+        def cpu(w, base_w=None, base_side=None, base_server="daemon"):
+            c = {"daemon": self.cpu_per_unit(w, "daemon", "daemon"),
+                 "postgres": self.cpu_per_unit(w, "daemon", "postgres")}
+            if base_w:
+                c["base_server"] = self.cpu_per_unit(base_w, base_side, base_server)
+                c["base_postgres"] = self.cpu_per_unit(base_w, base_side, "postgres")
+            return c
+
+        def ran(*ws):
+            return all(self.runs(w, "daemon") for w in ws)
+
+        if ran("a_probe"):
+            a_d, a_n = self.median("a_probe", "daemon"), self.median("a_probe", "nginx")
+            add("(a) probe, req/s vs nginx", a_d, a_n, a_d / a_n, ">= 0.80x", a_d / a_n >= 0.8,
+                "req/s", cpu("a_probe", "a_probe", "nginx", "nginx"))
         b_d, b_p = self.median("b_accepted", "daemon"), self.median("b_accepted", "pgbench")
+        b_cpu = cpu("b_accepted", "b_accepted", "pgbench", "client")
+        self.results["b_cpu_us"] = b_cpu
         add("(b) accepted/s vs pgbench tps", b_d, b_p, b_d / b_p, ">= 1.50x", b_d / b_p >= 1.5,
-            "req/s")
-        c = self.median("c_replay", "daemon")
-        add("(c) replay (duplicate)/s vs (b)", c, b_d, c / b_d, ">= 1.00x", c >= b_d, "req/s")
-        d = self.median("d_wrong_token", "daemon")
-        add("(d) wrong token (rejected)/s vs (b)", d, b_d, d / b_d, ">= 1.00x", d >= b_d,
-            "req/s")
-        e_d, e_p = self.median_lat("e_accepted", "daemon", "p99"), \
-            self.median_lat("e_accepted", "pgbench", "p99")
-        add(f"(e) accepted p99 ms vs pgbench p99 @ {self.results['rates']['accepted']:.0f}/s",
-            e_d, e_p, e_d / e_p, "<= 1.25x", e_d / e_p <= 1.25, "ms")
-        e_m = self.median_lat("e_malformed", "daemon", "p99")
-        add(f"(e) malformed p99 ms @ {self.results['rates']['malformed']:.0f}/s", e_m, None,
-            None, "<= 1 ms", e_m <= 1.0, "ms")
-        f_d = self.runs("f_idle_memory", "daemon")[0]["bytes_per_connection"]["VmRSS"]
-        f_n = self.runs("f_idle_memory", "nginx")[0]["bytes_per_connection"]["VmRSS"]
-        add(f"(f) VmRSS bytes per idle connection ({self.st.idle})", f_d, f_n, f_d / f_n
-            if f_n > 0 else None, "<= 1024 B", f_d <= 1024, "B")
+            "req/s", b_cpu)
+        pg_d, pg_p = b_cpu["postgres"], b_cpu["base_postgres"]
+        add("(b) PostgreSQL CPU us per accepted vs per tps", pg_d, pg_p, pg_d / pg_p,
+            "<= 1.00x", pg_d / pg_p <= 1.0, "us", b_cpu)
+        if ran("c_replay", "d_wrong_token"):
+            c = self.median("c_replay", "daemon")
+            add("(c) replay (duplicate)/s vs (b)", c, b_d, c / b_d, ">= 1.00x", c >= b_d,
+                "req/s", cpu("c_replay"))
+            d = self.median("d_wrong_token", "daemon")
+            add("(d) wrong token (rejected)/s vs (b)", d, b_d, d / b_d, ">= 1.00x", d >= b_d,
+                "req/s", cpu("d_wrong_token"))
+        if ran("e_accepted", "e_malformed"):
+            rate = self.results["rates"]["accepted"]
+            e_p = self.median_lat("e_accepted", "pgbench", "p99")
+            for w, label in (("e_accepted", "accepted"), ("e_malformed", "malformed")):
+                e_d = self.median_valid_lat(w, "daemon", "p99")
+                n_all, n_ok = len(self.runs(w, "daemon")), len(self.valid_runs(w, "daemon"))
+                name = f"(e) {label} p99 ms vs pgbench -R @ {rate:,.0f}/s"
+                if n_ok < n_all:
+                    name += f" ({n_ok}/{n_all} valid)"
+                if e_d is None:
+                    add(name, self.median_lat(w, "daemon", "p99"), e_p, None, "<= 1.25x", None,
+                        "ms", cpu(w, "e_accepted", "pgbench", "client"))
+                else:
+                    add(name, e_d, e_p, e_d / e_p, "<= 1.25x", e_d / e_p <= 1.25, "ms",
+                        cpu(w, "e_accepted", "pgbench", "client"))
+        if self.runs("f_idle_memory", "daemon"):
+            f_d = self.runs("f_idle_memory", "daemon")[0]["bytes_per_connection"]["VmRSS"]
+            f_n = self.runs("f_idle_memory", "nginx")[0]["bytes_per_connection"]["VmRSS"]
+            add(f"(f) VmRSS bytes per idle connection ({self.st.idle})", f_d, f_n, f_d / f_n
+                if f_n > 0 else None, "<= 1024 B", f_d <= 1024, "B")
         self.results["table"] = rows
 
         detail = []
@@ -747,49 +938,104 @@ class Bench:
                 continue
             lat = {q: self.median_lat(w, s, q) for q in ("p50", "p99", "p999", "max")} \
                 if rs[0].get("latency_ms") else {}
-            cpu = {}
-            for k in ("daemon", "postgres", "nginx", "client"):
-                # Per answer: the whole run's CPU over every answer counted.
-                vals = [r["cpu_s"].get(k, 0) / max(r.get("responses") or r.get("requests") or 1, 1)
-                        * 1e6 for r in rs]
-                cpu[k] = statistics.median(vals)
+            cpu_d = {k: self.cpu_per_unit(w, s, k)
+                     for k in ("daemon", "postgres", "nginx", "client")}
             detail.append({"workload": w, "side": s, "runs": [round(r["rps"], 1) for r in rs],
                            "median_rps": self.median(w, s), "latency_ms": lat,
-                           "cpu_us_per_request": cpu,
+                           "cpu_us_per_request": cpu_d,
                            "other_load": statistics.median([r.get("other_load", 0) for r in rs]),
                            "send_lag_p99": statistics.median([r["send_lag_ms"]["p99"] for r in rs])
                            if rs[0].get("send_lag_ms") else None,
+                           "valid": f"{sum(1 for r in rs if r.get('valid', True))}/{len(rs)}"
+                           if rs[0].get("send_lag_ms") else None,
                            "mean_batch": statistics.median([r.get("mean_batch", 0) for r in rs])})
         self.results["detail"] = detail
+        loads = [r["other_load"] for r in self.results["runs"] if "other_load" in r]
+        self.results["other_load_median"] = statistics.median(loads) if loads else 0.0
+        self.results["cost"] = {"accepted": self.median_cost("b_accepted", "daemon"),
+                                "pgbench": self.median_cost("b_accepted", "pgbench")}
         return rows, detail
 
     def print_table(self, rows, detail):
         def fmt(v, unit):
-            if v is None:
+            if v is None or v != v:
                 return "-"
-            if unit == "ms":
-                return f"{v:.3f}"
+            if unit in ("ms", "us"):
+                return f"{v:.3f}" if unit == "ms" else f"{v:.1f}"
             return f"{v:,.0f}"
-        lines = []
+
+        def us(v):
+            return "-" if v is None or v != v else f"{v:.1f}"
+        m, pgs = self.results["machine"], self.results.get("postgres", {})
+        lines = [f"Machine: {m['cpu']}, {m['nproc']} CPUs, {m['ram_gib']} GiB, kernel "
+                 f"{m['kernel']}; other processes used {self.results.get('other_load_median', 0):.0%}"
+                 " of the CPUs during the runs (median).",
+                 "PostgreSQL " + ", ".join(f"{k}={v}" for k, v in pgs.items()) + ".", ""]
         lines.append(f"| {'workload':<52} | {'daemon':>10} | {'baseline':>10} | {'ratio':>6} "
-                     f"| {'target':>9} | result |")
-        lines.append(f"|{'-' * 54}|{'-' * 12}|{'-' * 12}|{'-' * 8}|{'-' * 11}|--------|")
+                     f"| {'target':>9} | result  | {'daemon us':>9} | {'pg us':>7} | "
+                     f"{'base us':>7} | {'base pg':>7} |")
+        lines.append(f"|{'-' * 54}|{'-' * 12}|{'-' * 12}|{'-' * 8}|{'-' * 11}|---------|"
+                     f"{'-' * 11}|{'-' * 9}|{'-' * 9}|{'-' * 9}|")
         for r in rows:
             ratio = f"{r['ratio']:.2f}x" if r["ratio"] is not None else "-"
+            res = {True: "PASS", False: "MISS", None: "INVALID"}[r["pass"]]
+            c = r.get("cpu_us") or {}
             lines.append(f"| {r['workload']:<52} | {fmt(r['daemon'], r['unit']):>10} | "
                          f"{fmt(r['baseline'], r['unit']):>10} | {ratio:>6} | {r['target']:>9} | "
-                         f"{'PASS' if r['pass'] else 'MISS':<6} |")
+                         f"{res:<7} | {us(c.get('daemon')):>9} | {us(c.get('postgres')):>7} | "
+                         f"{us(c.get('base_server')):>7} | {us(c.get('base_postgres')):>7} |")
+        lines.append("")
+        lines.append("daemon us / pg us: CPU microseconds of the daemon and of PostgreSQL per "
+                     "answer of the daemon's side; base us / base pg: of the baseline's server "
+                     "(nginx) or client (pgbench) and of PostgreSQL per answer or transaction. "
+                     "(e): latency from the intended send time; a run counts only when the load "
+                     "generator's own lag p99 is under a tenth of the p99 it measured "
+                     "(INVALID: no run did).")
+        cost = self.results.get("cost") or {}
+        ca, cp = cost.get("accepted"), cost.get("pgbench")
+        if ca and cp:
+            lines.append("")
+            lines.append("What PostgreSQL did per accepted callback and per pgbench transaction "
+                         "((b) runs, medians; from the WAL and pg_stat_user_functions):")
+            lines.append("")
+            lines.append(f"| {'per unit':<34} | {'accepted callback':>17} | {'pgbench insert':>14} |")
+            lines.append(f"|{'-' * 36}|{'-' * 19}|{'-' * 16}|")
+            b_cpu = self.results["b_cpu_us"]
+            for key, label in (("rows_inserted", "rows inserted"),
+                               ("rows_updated", "rows updated"),
+                               ("hot_updates", "  of which HOT (no index entry)"),
+                               ("row_locks", "row locks (WAL-logged)"),
+                               ("index_entries", "index entries"),
+                               ("fk_checks", "foreign-key checks"),
+                               ("trigger_calls", "trigger calls"),
+                               ("wal_records", "WAL records"),
+                               ("wal_fpi", "WAL full-page images"),
+                               ("wal_bytes", "WAL bytes")):
+                lines.append(f"| {label:<34} | {ca[key]:>17.2f} | {cp[key]:>14.2f} |")
+            lines.append(f"| {'PostgreSQL CPU us':<34} | {b_cpu['postgres']:>17.1f} | "
+                         f"{b_cpu['base_postgres']:>14.1f} |")
+            lines.append(f"| {'daemon / pgbench client CPU us':<34} | {b_cpu['daemon']:>17.1f} | "
+                         f"{b_cpu['base_server']:>14.1f} |")
+            lines.append("")
+            lines.append("Index entries per accepted callback: " + ", ".join(
+                f"{k} {v:.2f}" for k, v in sorted(ca["by_index"].items()) if v >= 0.005) + ".")
+            lines.append("Rows per accepted callback: " + ", ".join(
+                f"{t} " + "/".join(f"{op.lower()} {v:.2f}" for op, v in sorted(h.items())
+                                   if v >= 0.005)
+                for t, h in sorted(ca["by_table"].items())
+                if any(v >= 0.005 for v in h.values())) + ".")
         lines.append("")
         lines.append("Medians of each side. CPU in microseconds per answer (server: the daemon "
                      "or nginx; client: load generator or pgbench). other: share of the machine's "
-                     "CPU used by processes outside the benchmark. lag: p99 of how late the load "
-                     "generator sent fixed-rate requests (the floor of what latency can show).")
+                     "CPU used by processes outside the benchmark. lag: p99 of the load "
+                     "generator's own lateness at a fixed rate; valid: runs where it was under a "
+                     "tenth of the p99 measured.")
         lines.append("")
         lines.append(f"| {'run':<24} | {'req/s':>8} | {'p50 ms':>7} | {'p99 ms':>7} | "
                      f"{'p99.9 ms':>8} | {'max ms':>7} | {'server':>6} | {'postgres':>8} | "
-                     f"{'client':>6} | {'other':>5} | {'batch':>5} | {'lag ms':>6} |")
+                     f"{'client':>6} | {'other':>5} | {'batch':>5} | {'lag ms':>6} | valid |")
         lines.append(f"|{'-' * 26}|{'-' * 10}|{'-' * 9}|{'-' * 9}|{'-' * 10}|{'-' * 9}|"
-                     f"{'-' * 8}|{'-' * 10}|{'-' * 8}|{'-' * 7}|{'-' * 7}|{'-' * 8}|")
+                     f"{'-' * 8}|{'-' * 10}|{'-' * 8}|{'-' * 7}|{'-' * 7}|{'-' * 8}|-------|")
         for d in detail:
             lat = d["latency_ms"]
 
@@ -803,7 +1049,7 @@ class Bench:
                          f"{q('p50'):>7} | {q('p99'):>7} | {q('p999'):>8} | {q('max'):>7} | "
                          f"{server:>6.1f} | {c['postgres']:>8.1f} | {c['client']:>6.1f} | "
                          f"{d['other_load'] * 100:>4.0f}% | {batch:>5} | "
-                         f"{lag:>6} |")
+                         f"{lag:>6} | {d['valid'] or '-':>5} |")
         text = "\n".join(lines)
         print(text, flush=True)
         return text
