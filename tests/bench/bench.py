@@ -550,7 +550,9 @@ class Bench:
         self.record(**r)
         lat = r["latency_ms"]
         log(f"{workload:<12} {side:<8} {r['rps']:>10.0f}/s  p50 {lat['p50']:.3f} ms  "
-            f"p99 {lat['p99']:.3f} ms  max {lat['max']:.3f} ms  {r['result']}")
+            f"p99 {lat['p99']:.3f} ms  max {lat['max']:.3f} ms  {r['result']}"
+            + (f"  retried {r['retried']} (sent on a connection the daemon was closing"
+               " as idle)" if r.get("retried") else ""))
         return r
 
     def check_db(self, workload, r, mark, res_before, shed_before, batches_before):

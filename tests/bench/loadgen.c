@@ -124,6 +124,8 @@ struct lconn {
     unsigned idle_next; /* free stack link */
     bool in_stack;
     bool in_window; /* the request started inside the measured window */
+    bool resend;    /* the request in w goes again once the new connection is up */
+    bool retrying;  /* the request in flight is such a second sending */
 };
 
 struct opts {
@@ -158,7 +160,7 @@ static struct {
     uint64_t n;
 } labels[MAX_LABELS];
 static unsigned nlabels;
-static uint64_t err_connect, err_lost, err_parse, reconnects, closed_while_idle;
+static uint64_t err_connect, err_lost, err_parse, reconnects, closed_while_idle, retried;
 static uint64_t completed_in_window, completed_total, sent_total;
 static uint64_t t0, t_end;
 static volatile sig_atomic_t stop_flag;
@@ -289,7 +291,8 @@ static void conn_open(unsigned i)
     if (c->fd < 0) die("socket");
     int one = 1;
     setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    c->rlen = c->wlen = c->woff = 0;
+    c->rlen = c->woff = 0;
+    if (!c->resend) c->wlen = 0;
     int r = connect(c->fd, (struct sockaddr *)&addr, sizeof addr);
     if (r != 0 && errno != EINPROGRESS) die("connect");
     set_state(i, C_CONNECTING);
@@ -329,10 +332,29 @@ static bool conn_flush(unsigned i)
     return true;
 }
 
+/* The connection broke. A request that had no byte of its answer yet went out
+ * while the server was closing the connection for being idle (its header or
+ * idle deadline; at a fixed rate the connections at the bottom of the free
+ * stack sit unused for seconds): the keep-alive race every HTTP client meets,
+ * which clients and proxies answer by sending the request again on a new
+ * connection (RFC 9112, 9.3.1; these GETs are idempotent and replays are
+ * deduplicated). It is sent again once, keeping its due and send times, so the
+ * wait is charged to its latency, and counted as "retried"; any other broken
+ * request counts as lost. */
 static void lost(unsigned i)
 {
-    if (C[i].st == C_BUSY) err_lost++;
+    struct lconn *c = &C[i];
+    bool retry = false;
+    if (c->st == C_BUSY) {
+        if (c->rlen == 0 && !c->retrying && !stop_flag) {
+            retry = true;
+            retried++;
+        } else {
+            err_lost++;
+        }
+    }
     conn_drop(i);
+    c->resend = retry;
     if (!stop_flag) {
         reconnects++;
         conn_open(i);
@@ -346,6 +368,7 @@ static void send_request(unsigned i, const char *url, uint64_t due)
                      O.host_header ? O.host_header : O.host);
     c->wlen = (size_t)n;
     c->woff = 0;
+    c->retrying = false;
     c->sent_at = now_ns();
     c->due = due ? due : c->sent_at;
     if (due) {
@@ -499,7 +522,21 @@ static void on_event(unsigned i, uint32_t ev)
         getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &sl);
         if (err || (ev & (EPOLLERR | EPOLLHUP))) {
             err_connect++;
+            if (c->resend) err_lost++;
+            c->resend = false;
             conn_drop(i);
+            return;
+        }
+        if (c->resend) { /* the request a closing server did not answer, again */
+            set_state(i, C_BUSY);
+            c->woff = 0;
+            c->resend = false;
+            c->retrying = true; /* a second failure is a loss */
+            if (!conn_flush(i)) {
+                lost(i);
+                return;
+            }
+            ep_mod(i, c->woff == c->wlen ? EPOLLIN : EPOLLIN | EPOLLOUT, EPOLL_CTL_MOD);
             return;
         }
         set_state(i, C_IDLE);
@@ -658,8 +695,9 @@ static void print_summary(double window_s, const char *mode)
     printf("},\"errors\":{\"connect\":%llu,\"lost\":%llu,\"parse\":%llu},",
            (unsigned long long)err_connect, (unsigned long long)err_lost,
            (unsigned long long)err_parse);
-    printf("\"reconnects\":%llu,\"closed_while_idle\":%llu,", (unsigned long long)reconnects,
-           (unsigned long long)closed_while_idle);
+    printf("\"reconnects\":%llu,\"closed_while_idle\":%llu,\"retried\":%llu,",
+           (unsigned long long)reconnects, (unsigned long long)closed_while_idle,
+           (unsigned long long)retried);
     printf("\"open_at_end\":%u,", n_open);
     if (O.rate > 0)
         printf("\"send_lag_ms\":{\"p50\":%.4f,\"p99\":%.4f,\"max\":%.4f},"
