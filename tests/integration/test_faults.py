@@ -19,7 +19,6 @@ import os
 import random
 import signal
 import sys
-import threading
 import time
 import uuid
 
@@ -53,7 +52,7 @@ async def read_response(reader):
     return status, result, hdrs.get("connection", "").lower() == "close"
 
 
-class Load:
+class Load(idvtest.AsyncLoad):
     """Callbacks from `workers` keep-alive connections until stop().
 
     txs is [(transaction id, token)], or [(transaction id, token, passed,
@@ -67,9 +66,9 @@ class Load:
 
     def __init__(self, ports, txs, workers=32, resend=0.3, alternatives=True, once=False,
                  seed=None):
+        super().__init__(workers)
         self.ports = list(ports)
         self.txs = txs
-        self.workers = workers
         self.resend = resend
         self.alternatives = alternatives
         self.once = once
@@ -78,9 +77,6 @@ class Load:
         self.answers = []
         self.broken = []
         self.connect_errors = 0
-        self.stopping = threading.Event()
-        self.thread = None
-        self.error = None
 
     def values(self, i):
         if len(self.txs[i]) == 4:
@@ -136,30 +132,6 @@ class Load:
                 reader = writer = None
         if writer is not None:
             writer.close()
-
-    async def main(self):
-        await asyncio.gather(*(self.worker(w) for w in range(self.workers)))
-
-    def _run(self):
-        try:
-            asyncio.run(self.main())
-        except Exception as e:  # reported by stop()
-            self.error = repr(e)
-
-    def start(self):
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-        return self
-
-    def stop(self):
-        self.stopping.set()
-        self.join()
-
-    def join(self):
-        self.thread.join(120)
-        check(not self.thread.is_alive(), "the load generator did not stop")
-        check(self.error is None, f"load generator failed: {self.error}")
-        return self
 
     def count(self, pred=lambda a: True):
         return sum(1 for a in list(self.answers) if pred(a))

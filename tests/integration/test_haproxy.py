@@ -34,7 +34,6 @@ import os
 import signal
 import socket
 import sys
-import threading
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "lib"))
@@ -48,7 +47,7 @@ CLIENT_ADDR = "127.0.0.2"  # the load's source address: not a trusted proxy
 SALT = "SeCrEt-haproxy-load"
 
 
-class Load:
+class Load(idvtest.AsyncLoad):
     """Callbacks through HAProxy from `workers` concurrent clients, each
     request on a fresh connection from CLIENT_ADDR, each for the next
     transaction of txs (every answer should be 200 accepted; a 200 duplicate
@@ -56,19 +55,17 @@ class Load:
     request is counted in the phase that was current when it was sent."""
 
     def __init__(self, port, txs, workers=8):
+        super().__init__(workers)
         self.port = port
         self.txs = txs
-        self.workers = workers
         self.next = 0
         self.phase = "warm-up"
         self.sent = collections.Counter()
         self.failed = collections.defaultdict(list)
         self.acked = []  # transaction ids answered 200 accepted/duplicate
         self.duplicates = collections.Counter()  # 200 duplicate, by phase
-        self.stopping = threading.Event()
-        self.error = None
 
-    async def worker(self):
+    async def worker(self, _w):
         while not self.stopping.is_set():
             # Past the last transaction the load starts again from the first:
             # those answers are 200 duplicate.
@@ -98,20 +95,6 @@ class Load:
                 if writer is not None:
                     writer.close()
 
-    async def main(self):
-        await asyncio.gather(*(self.worker() for _ in range(self.workers)))
-
-    def _run(self):
-        try:
-            asyncio.run(self.main())
-        except Exception as e:  # reported by stop()
-            self.error = repr(e)
-
-    def start(self):
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-        return self
-
     def set_phase(self, name):
         """Starts counting requests as phase `name` and waits until some have
         been answered in it, so that every phase runs under load."""
@@ -123,11 +106,6 @@ class Load:
                    f"{n} requests in phase {phase}")
         check(self.error is None, f"load generator: {self.error}")
 
-    def stop(self):
-        self.stopping.set()
-        self.thread.join(120)
-        check(not self.thread.is_alive(), "the load generator did not stop")
-        check(self.error is None, f"load generator: {self.error}")
 
 
 def daemons(ctx, pg):

@@ -6,6 +6,7 @@ A test script defines functions named `case_<name>` and ends with
 --pg-bindir D NAME` runs one.
 """
 import argparse
+import asyncio
 import http.client
 import json
 import os
@@ -57,6 +58,56 @@ def wait_until(pred, timeout=30.0, interval=0.05, what="condition"):
             return v
         time.sleep(interval)
     raise TestFailure(f"timed out waiting for {what}")
+
+
+class AsyncLoad:
+    """Load from `workers` coroutines (self.worker(w), w = 0..workers-1) on an
+    event loop in a thread of its own, from start() until self.stopping is set;
+    an exception that ends the loop is kept in self.error for the test to
+    report."""
+
+    def __init__(self, workers):
+        self.workers = workers
+        self.stopping = threading.Event()
+        self.error = None
+        self.thread = None
+
+    async def main(self):
+        await asyncio.gather(*(self.worker(w) for w in range(self.workers)))
+
+    def _run(self):
+        try:
+            asyncio.run(self.main())
+        except Exception as e:  # reported by stop()
+            self.error = repr(e)
+
+    def start(self):
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        return self
+
+    def stop(self):
+        self.stopping.set()
+        return self.join()
+
+    def join(self):
+        """Waits for the workers to end (by themselves, or after stop())."""
+        self.thread.join(120)
+        check(not self.thread.is_alive(), "the load generator did not stop")
+        check(self.error is None, f"load generator failed: {self.error}")
+        return self
+
+
+class LogFile:
+    """A process of a test that writes its log to self.log_path."""
+    log_path = None
+
+    def logs(self):
+        try:
+            with open(self.log_path, "rb") as f:
+                return f.read().decode(errors="replace")
+        except OSError:
+            return ""
 
 
 class TempDir:
@@ -358,7 +409,7 @@ class PgListener:
 ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
 
 
-class Daemon:
+class Daemon(LogFile):
     """The daemon under test, with a config file in a temporary directory."""
 
     def __init__(self, tmp, pg=None, name="idv", database_url=None, **cfg):
@@ -458,13 +509,6 @@ class Daemon:
         except (OSError, AttributeError):
             return None
         return None
-
-    def logs(self):
-        try:
-            with open(self.log_path, "rb") as f:
-                return f.read().decode(errors="replace")
-        except OSError:
-            return ""
 
     # ---- HTTP helpers
     def request(self, method, path, body=None, headers=None, admin=False, auth=True, timeout=30):

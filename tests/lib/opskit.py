@@ -14,7 +14,7 @@ import time
 import urllib.parse
 import urllib.request
 
-from idvtest import check, free_port, wait_until
+from idvtest import LogFile, check, free_port, wait_until
 
 EXAMPLES = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
                                          "systemd", "examples"))
@@ -33,17 +33,9 @@ PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
 
 
-class Process:
+class Process(LogFile):
     """A server process of a test: its log file and its stop."""
     proc = None
-    log_path = None
-
-    def logs(self):
-        try:
-            with open(self.log_path, "rb") as f:
-                return f.read().decode(errors="replace")
-        except OSError:
-            return ""
 
     def stop(self):
         if self.proc and self.proc.poll() is None:
