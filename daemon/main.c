@@ -34,7 +34,7 @@
 
 static void usage(FILE *out)
 {
-    fprintf(out, "usage: idv-callbackd [serve|migrate|check-config] [--config FILE]\n"
+    fprintf(out, "usage: idv-callbackd [serve|migrate|maintain|check-config] [--config FILE]\n"
                  "       idv-callbackd version\n");
 }
 
@@ -442,6 +442,30 @@ static int cmd_migrate(const char *path)
     return rc == 0 ? 0 : EXIT_RUNTIME;
 }
 
+/* Partitions ahead and retention of the history tables; run by
+ * idv-callbackd-maintain.timer. */
+static int cmd_maintain(const char *path)
+{
+    struct config cfg;
+    char err[512];
+    if (config_load(&cfg, path, false, err, sizeof err) != 0) {
+        fprintf(stderr, "idv-callbackd: %s\n", err);
+        config_free(&cfg);
+        return EXIT_USAGE;
+    }
+    if (!cfg.database_url) {
+        fprintf(stderr, "idv-callbackd: database_url: required for maintain\n");
+        config_free(&cfg);
+        return EXIT_USAGE;
+    }
+    struct maintain_opts mo = {.retention_days = {cfg.retention_callback_events_days,
+                                                  cfg.retention_transaction_events_days,
+                                                  cfg.retention_check_results_days}};
+    int rc = migrate_maintain(cfg.database_url, &mo, stdout);
+    config_free(&cfg);
+    return rc == 0 ? 0 : EXIT_RUNTIME;
+}
+
 int main(int argc, char **argv)
 {
     const char *cmd = "serve", *config_path = NULL;
@@ -470,6 +494,7 @@ int main(int argc, char **argv)
     if (!strcmp(cmd, "version")) return cmd_version();
     if (!strcmp(cmd, "serve")) return cmd_serve(config_path);
     if (!strcmp(cmd, "migrate")) return cmd_migrate(config_path);
+    if (!strcmp(cmd, "maintain")) return cmd_maintain(config_path);
     if (!strcmp(cmd, "check-config")) return cmd_check_config(config_path);
     fprintf(stderr, "idv-callbackd: unknown command '%s'\n", cmd);
     usage(stderr);
