@@ -518,82 +518,72 @@ $$;
 
 -- ---- the partitioned tables -------------------------------------------------------
 
--- Same columns, in the same order, as the tables they replace; the primary
--- key gains the partition key (a unique index of a partitioned table must
--- include it; id alone stays unique by its identity). Ids continue the old
--- sequence (set at the swap).
-CREATE TABLE idv.callback_events_new (
-    id             bigint GENERATED ALWAYS AS IDENTITY,
-    received_at    timestamptz NOT NULL DEFAULT now(),
-    outcome        text NOT NULL CONSTRAINT callback_events_outcome_check
-                       CHECK (outcome IN ('accepted', 'duplicate', 'conflict', 'rejected',
-                                          'malformed')),
-    transaction_id text,
-    passed         text,
-    sub_code       text,
-    client_ip      inet,
-    instance       text NOT NULL,
-    reason         text,
-    CONSTRAINT callback_events_new_pkey PRIMARY KEY (id, received_at)
-) PARTITION BY RANGE (received_at);
-CREATE INDEX callback_events_new_transaction_id ON idv.callback_events_new (transaction_id);
-CREATE INDEX callback_events_new_received_at ON idv.callback_events_new USING brin (received_at);
+-- Makes idv.<p_table>_new, the partitioned successor of a history table: the
+-- same columns in the same order with their defaults, identity, NOT NULL and
+-- CHECK constraints, indexes (named <index>_new until the swap; a primary key
+-- gains the partition key, as a unique index of a partitioned table must
+-- include it: the identity keeps id unique), foreign keys and triggers. Read
+-- from the catalog, so that it is whatever the earlier migrations made of the
+-- table. Privileges follow at the swap.
+CREATE FUNCTION idv.history_clone(p_table text) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    h     idv.history_tables := idv.history_base(p_table);
+    v_old regclass := format('idv.%I', p_table)::regclass;
+    v_new text := p_table || '_new';
+    r     record;
+BEGIN
+    EXECUTE format('CREATE TABLE idv.%I (LIKE idv.%I INCLUDING DEFAULTS INCLUDING CONSTRAINTS'
+                   ' INCLUDING IDENTITY INCLUDING STORAGE INCLUDING COMMENTS)'
+                   ' PARTITION BY RANGE (%I)', v_new, p_table, h.key_column);
+    FOR r IN SELECT c.relname, i.indisprimary, i.indisunique, i.indkey,
+                    pg_get_indexdef(i.indexrelid) AS def
+             FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+             WHERE i.indrelid = v_old ORDER BY c.relname LOOP
+        IF length(r.relname) > 59 THEN
+            RAISE EXCEPTION 'index name % is too long to clone', r.relname;
+        END IF;
+        IF r.indisprimary THEN
+            EXECUTE format('ALTER TABLE idv.%I ADD CONSTRAINT %I PRIMARY KEY (%s)', v_new,
+                           r.relname || '_new',
+                           (SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY k.o)
+                            FROM unnest(r.indkey::int2[]) WITH ORDINALITY k (n, o)
+                            JOIN pg_attribute a ON a.attrelid = v_old AND a.attnum = k.n)
+                           || CASE WHEN h.key_column = ANY (
+                                       SELECT a.attname FROM unnest(r.indkey::int2[]) k (n)
+                                       JOIN pg_attribute a ON a.attrelid = v_old
+                                                          AND a.attnum = k.n)
+                                   THEN '' ELSE ', ' || quote_ident(h.key_column) END);
+        ELSIF r.indisunique THEN
+            RAISE EXCEPTION 'unique index % of idv.% cannot be partitioned by %', r.relname,
+                            p_table, h.key_column;
+        ELSE
+            EXECUTE regexp_replace(r.def, '^CREATE INDEX \S+ ON (ONLY )?\S+ ',
+                                   format('CREATE INDEX %I ON idv.%I ', r.relname || '_new',
+                                          v_new));
+        END IF;
+    END LOOP;
+    FOR r IN SELECT c.conname, pg_get_constraintdef(c.oid) AS def FROM pg_constraint c
+             WHERE c.conrelid = v_old AND c.contype = 'f' LOOP
+        EXECUTE format('ALTER TABLE idv.%I ADD CONSTRAINT %I %s', v_new, r.conname, r.def);
+    END LOOP;
+    FOR r IN SELECT t.tgname, pg_get_triggerdef(t.oid) AS def FROM pg_trigger t
+             WHERE t.tgrelid = v_old AND NOT t.tgisinternal LOOP
+        EXECUTE regexp_replace(r.def, ' ON \S+ ', format(' ON idv.%I ', v_new));
+    END LOOP;
+    -- Append-only, whoever asks: the parent's row triggers are cloned onto
+    -- every partition, TRUNCATE triggers are per table (history_add_partition
+    -- adds one to each partition). check_results had no TRUNCATE guard.
+    EXECUTE format('CREATE OR REPLACE TRIGGER %I BEFORE TRUNCATE ON idv.%I'
+                   ' FOR EACH STATEMENT EXECUTE FUNCTION idv.forbid_change()',
+                   p_table || '_no_truncate', v_new);
+END
+$$;
 
-CREATE TABLE idv.transaction_events_new (
-    id              bigint GENERATED ALWAYS AS IDENTITY,
-    xid             xid8 NOT NULL DEFAULT pg_current_xact_id(),
-    at              timestamptz NOT NULL DEFAULT now(),
-    tx              bigint NOT NULL CONSTRAINT transaction_events_tx_fkey
-                        REFERENCES idv.transactions (id),
-    transaction_id  text,
-    merchant_biz_id text NOT NULL,
-    status          text NOT NULL,
-    previous_status text,
-    passed          text,
-    sub_code        text,
-    confirmed       boolean NOT NULL,
-    CONSTRAINT transaction_events_new_pkey PRIMARY KEY (id, at)
-) PARTITION BY RANGE (at);
-CREATE INDEX transaction_events_new_xid ON idv.transaction_events_new (xid, id);
-CREATE INDEX transaction_events_new_transaction_id
-    ON idv.transaction_events_new (transaction_id);
-
-CREATE TABLE idv.check_results_new (
-    id               bigint GENERATED ALWAYS AS IDENTITY,
-    tx               bigint NOT NULL CONSTRAINT check_results_tx_fkey
-                         REFERENCES idv.transactions (id),
-    transaction_id   text NOT NULL,
-    checked_at       timestamptz NOT NULL DEFAULT now(),
-    request_id       text,
-    passed           text,
-    sub_code         text,
-    ext_basic_info   jsonb,
-    ext_face_info    jsonb,
-    ext_id_info      jsonb,
-    ext_info         jsonb,
-    ext_risk_info    jsonb,
-    ext_source_info  jsonb,
-    ekyc_result      jsonb,
-    instance         text NOT NULL,
-    CONSTRAINT check_results_new_pkey PRIMARY KEY (id, checked_at)
-) PARTITION BY RANGE (checked_at);
-CREATE INDEX check_results_new_tx ON idv.check_results_new (tx);
-
--- Append-only, whoever asks: row triggers on a partitioned table are cloned
--- onto every partition; TRUNCATE triggers are per table (history_add_partition
--- adds one to each partition).
-CREATE TRIGGER callback_events_append_only BEFORE UPDATE OR DELETE ON idv.callback_events_new
-    FOR EACH ROW EXECUTE FUNCTION idv.forbid_change();
-CREATE TRIGGER callback_events_no_truncate BEFORE TRUNCATE ON idv.callback_events_new
-    FOR EACH STATEMENT EXECUTE FUNCTION idv.forbid_change();
-CREATE TRIGGER transaction_events_append_only BEFORE UPDATE OR DELETE
-    ON idv.transaction_events_new FOR EACH ROW EXECUTE FUNCTION idv.forbid_change();
-CREATE TRIGGER transaction_events_no_truncate BEFORE TRUNCATE ON idv.transaction_events_new
-    FOR EACH STATEMENT EXECUTE FUNCTION idv.forbid_change();
-CREATE TRIGGER check_results_append_only BEFORE UPDATE OR DELETE ON idv.check_results_new
-    FOR EACH ROW EXECUTE FUNCTION idv.forbid_change();
-CREATE TRIGGER check_results_no_truncate BEFORE TRUNCATE ON idv.check_results_new
-    FOR EACH STATEMENT EXECUTE FUNCTION idv.forbid_change();
+SELECT idv.history_clone(t)
+FROM unnest(ARRAY['callback_events', 'transaction_events', 'check_results']) t;
 
 -- A partition for every month from the oldest row of the old table to two
 -- months ahead, and a DEFAULT partition each.
@@ -619,34 +609,29 @@ CREATE TABLE idv.history_migration (
 
 -- Every row inserted into an old table from now on is inserted into the new
 -- one too, in the same transaction (one statement per statement); the rows
--- that were there before are moved by history_migrate_step. The inserting
--- role (idv_daemon) has INSERT on the new tables (granted below).
+-- that were there before are moved by history_migrate_step. With the owner's
+-- rights: whoever inserts into the old table needs no right on the new one.
 CREATE FUNCTION idv.history_copy_callback_events() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     INSERT INTO idv.callback_events_new OVERRIDING SYSTEM VALUE SELECT * FROM new_rows;
     RETURN NULL;
 END
 $$;
 CREATE FUNCTION idv.history_copy_transaction_events() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     INSERT INTO idv.transaction_events_new OVERRIDING SYSTEM VALUE SELECT * FROM new_rows;
     RETURN NULL;
 END
 $$;
 CREATE FUNCTION idv.history_copy_check_results() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     INSERT INTO idv.check_results_new OVERRIDING SYSTEM VALUE SELECT * FROM new_rows;
     RETURN NULL;
 END
 $$;
-GRANT INSERT ON idv.callback_events_new, idv.transaction_events_new, idv.check_results_new
-    TO idv_daemon;
-GRANT EXECUTE ON FUNCTION idv.history_copy_callback_events(),
-    idv.history_copy_transaction_events(), idv.history_copy_check_results() TO idv_daemon;
-
 -- The highest id the identity sequence of a table (idv.x) has handed out, 0
 -- when none.
 CREATE FUNCTION idv.history_last_id(p_table text) RETURNS bigint
@@ -755,9 +740,9 @@ BEGIN
         EXECUTE format('ALTER TABLE idv.%I RENAME TO %I', v_new, h.table_name);
         FOR r IN SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
                  WHERE i.indrelid = format('idv.%I', h.table_name)::regclass
-                   AND c.relname LIKE v_new || '%' LOOP
+                   AND c.relname LIKE '%\_new' LOOP
             EXECUTE format('ALTER INDEX idv.%I RENAME TO %I', r.relname,
-                           h.table_name || substr(r.relname, length(v_new) + 1));
+                           left(r.relname, length(r.relname) - 4));
         END LOOP;
         EXECUTE format('ALTER SEQUENCE %s RENAME TO %I',
                        pg_get_serial_sequence(format('idv.%I', h.table_name), 'id'),
@@ -766,9 +751,15 @@ BEGIN
         PERFORM setval(pg_get_serial_sequence(format('idv.%I', h.table_name), 'id'),
                        greatest(idv.history_last_id(format('idv.%I', v_old)), 1),
                        idv.history_last_id(format('idv.%I', v_old)) > 0);
-        -- The privileges of the old table, table and column level (the grants
-        -- the copy trigger needed are among them: idv_daemon inserts).
-        EXECUTE format('REVOKE ALL ON idv.%I FROM PUBLIC', h.table_name);
+        -- The privileges of the old table, table and column level, and no
+        -- other.
+        FOR r IN SELECT DISTINCT a.grantee FROM pg_class c, aclexplode(c.relacl) a
+                 WHERE c.oid = format('idv.%I', h.table_name)::regclass
+                   AND a.grantee <> c.relowner LOOP
+            EXECUTE format('REVOKE ALL ON idv.%I FROM %s', h.table_name,
+                           CASE WHEN r.grantee = 0 THEN 'PUBLIC'
+                                ELSE quote_ident(pg_get_userbyid(r.grantee)) END);
+        END LOOP;
         FOR r IN SELECT a.grantee, a.privilege_type
                  FROM pg_class c, aclexplode(c.relacl) a
                  WHERE c.oid = format('idv.%I', v_old)::regclass AND a.grantee <> c.relowner
