@@ -24,8 +24,9 @@
 #define MIGRATE_LOCK_TIMEOUT  "SET lock_timeout = '2s'"
 #define MAINTAIN_LOCK_TIMEOUT "SET lock_timeout = '500ms'"
 /* Heap blocks of an old history table moved per transaction (8 MB: about
- * 80,000 rows, well under a second). */
-#define MOVE_BLOCKS "1000"
+ * 80,000 rows, a second or so); IDV_MIGRATE_BATCH_BLOCKS (1-100000) sets
+ * another number, e.g. smaller for shorter transactions. */
+#define MOVE_BLOCKS 1000
 /* Partitions are made for this month and the next two. */
 #define MAINTAIN_AHEAD "2 months"
 
@@ -183,7 +184,16 @@ static int apply_one(PGconn *c, const struct migration *m, const char *sum, FILE
  * millions of rows sees that it is alive and when it should end. */
 static int move_table(PGconn *c, const char *table, FILE *out)
 {
-    const char *params[2] = {table, MOVE_BLOCKS};
+    long blocks = MOVE_BLOCKS;
+    const char *env = getenv("IDV_MIGRATE_BATCH_BLOCKS");
+    if (env) {
+        char *end;
+        long v = strtol(env, &end, 10);
+        if (*env && !*end && v >= 1 && v <= 100000) blocks = v;
+    }
+    char nblocks[24];
+    snprintf(nblocks, sizeof nblocks, "%ld", blocks);
+    const char *params[2] = {table, nblocks};
     char a[32], b[32], what[96];
     snprintf(what, sizeof what, "moving idv.%s", table);
     double t0 = now_s(), last_print = 0;

@@ -72,7 +72,7 @@ CREATE TABLE idv.history_drops (
     partition_name text NOT NULL,
     range_from     timestamptz NOT NULL,
     range_to       timestamptz NOT NULL,
-    approx_rows    bigint NOT NULL,
+    row_count      bigint NOT NULL,  -- counted just before the drop
     first_xid      xid8,
     first_id       bigint,
     last_xid       xid8,
@@ -435,8 +435,10 @@ DECLARE
     v_to    timestamptz;
     v_live  text[];
     v_rows  bigint;
-    v_first record;
-    v_last  record;
+    v_fx    xid8;
+    v_fi    bigint;
+    v_lx    xid8;
+    v_li    bigint;
 BEGIN
     IF p_table <> h.table_name THEN
         RAISE EXCEPTION 'idv.%: retention applies to the partitioned tables only', p_table
@@ -447,6 +449,9 @@ BEGIN
                       p_table);
     END IF;
     SELECT * INTO p FROM idv.history_partitions(p_table) x WHERE x.partition_name = p_partition;
+    -- Counted before the locks: nobody writes into a range this old (a late
+    -- row could still come: the count is as of just before the drop).
+    EXECUTE format('SELECT count(*) FROM idv.%I', p_partition) INTO v_rows;
     LOCK TABLE idv.transactions IN SHARE MODE;
     EXECUTE format('LOCK TABLE idv.%I IN ACCESS EXCLUSIVE MODE', p_table);
     IF p.is_default THEN
@@ -481,13 +486,11 @@ BEGIN
                       || CASE WHEN cardinality(v_live) > 5 THEN ', ...' ELSE '' END);
     END IF;
 
-    SELECT greatest(c.reltuples, 0)::bigint INTO v_rows FROM pg_class c
-    WHERE c.oid = format('idv.%I', p_partition)::regclass;
     IF h.table_name = 'transaction_events' THEN
         EXECUTE format('SELECT xid, id FROM idv.%I ORDER BY xid, id LIMIT 1', p_partition)
-            INTO v_first;
+            INTO v_fx, v_fi;
         EXECUTE format('SELECT xid, id FROM idv.%I ORDER BY xid DESC, id DESC LIMIT 1',
-                       p_partition) INTO v_last;
+                       p_partition) INTO v_lx, v_li;
     END IF;
     EXECUTE format('DROP TABLE idv.%I', p_partition);
     IF p.is_default THEN
@@ -496,11 +499,10 @@ BEGIN
                        ' FOR EACH STATEMENT EXECUTE FUNCTION idv.forbid_change()',
                        p_partition || '_no_truncate', p_partition);
     END IF;
-    INSERT INTO idv.history_drops (table_name, partition_name, range_from, range_to, approx_rows,
+    INSERT INTO idv.history_drops (table_name, partition_name, range_from, range_to, row_count,
                                    first_xid, first_id, last_xid, last_id)
-    VALUES (p_table, p_partition, v_from, v_to, v_rows, v_first.xid, v_first.id, v_last.xid,
-            v_last.id);
-    RETURN format('dropped partition idv.%s [%s, %s), about %s rows', p_partition, v_from, v_to,
+    VALUES (p_table, p_partition, v_from, v_to, v_rows, v_fx, v_fi, v_lx, v_li);
+    RETURN format('dropped partition idv.%s [%s, %s), %s rows', p_partition, v_from, v_to,
                   v_rows);
 END
 $$;
