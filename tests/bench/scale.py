@@ -542,7 +542,7 @@ class Scale:
         pruning = {}
         for k, plan in full_plans.items():
             parts = sorted(set(re.findall(r" on ((?:callback_events|transaction_events|"
-                                          r"check_results)_(?:p\d{8}|pmin|default))\b", plan)))
+                                          r"check_results)_(?:p\d{8}|pmin|x\d+|default))\b", plan)))
             removed = re.findall(r"Subplans Removed: (\d+)", plan)
             pruning[k] = {"partitions_read": parts, "subplans_removed": removed,
                           "seq_scans": sorted(set(re.findall(r"Seq Scan on (\S+)", plan)))}
