@@ -269,9 +269,30 @@ class Fill:
         pg, fast = self.pg, "SET session_replication_role = replica; SET synchronous_commit = off;"
         counts = {}
         if pg.psql("SELECT to_regclass('idv.history_tables') IS NOT NULL") == "t":
-            # The partitions the year's maintain runs would have made.
+            # The partitions the year's maintain runs would have made: by
+            # month for the time-partitioned tables; for transaction_events, a
+            # month of the xids of this fill each, in place of the one
+            # partition that migrate made for every xid before its own.
             pg.psql(f"SELECT idv.history_make_partitions(table_name, to_timestamp({self.t0}),"
                     f" now()) FROM idv.history_tables", user="idvapp")
+            first = pg.rows("SELECT partition_name, xid_to FROM"
+                            " idv.history_partitions('transaction_events')"
+                            " WHERE xid_from = '0'")[0]
+            if pg.psql(f"SELECT count(*) FROM idv.{first[0]}") != "0":
+                raise Fail(f"{first[0]} is not empty")
+            pg.psql(f"DROP TABLE idv.{first[0]}")
+            bounds = [0]
+            m = datetime.datetime.fromtimestamp(self.t0, datetime.timezone.utc).replace(
+                day=1, hour=0, minute=0, second=0, microsecond=0)
+            while True:
+                m = (m + datetime.timedelta(days=32)).replace(day=1)
+                i = int((m.timestamp() - self.t0) / self.span * self.n_tx)
+                if i >= self.n_tx:
+                    break
+                bounds.append(self.xid(i))
+            bounds.append(int(first[1]))
+            pg.psql(" ".join(f"SELECT idv.history_add_partition('transaction_events', '{a}',"
+                             f" '{b}');" for a, b in zip(bounds, bounds[1:]) if a < b))
         t = time.monotonic()
         cols = self.tx_columns(columns_of(pg, "idv.transactions"))
         counts["transactions"] = copy_in(pg, "idv.transactions", cols, self.transactions(cols),
@@ -340,12 +361,29 @@ class Scale:
             "log_min_messages": "warning",
         }
         self.pg = idvtest.PgCluster(self.tmp, "pg", settings=settings).initdb()
+        self.advance_xids(self.a.xids)
         self.pg.start()
         if schema:
             log("migrate: " + self.pg.setup_schema().strip().splitlines()[-1])
         self.results["postgres"] = {k: settings[k] for k in
                                     ("shared_buffers", "fsync", "synchronous_commit",
                                      "autovacuum")}
+
+    def advance_xids(self, n):
+        """Moves the new cluster's transaction id counter to n (pg_resetwal
+        -x, with the commit-log segment it needs): the history written by
+        COPY carries xids below it, spread over the year like real ones, and
+        idv.events_after sees them (it returns events below the oldest running
+        xid)."""
+        seg = os.path.join(self.pg.data, "pg_xact", "%04X" % (n // (32768 * 32)))
+        with open(seg, "wb") as f:
+            f.write(b"\0" * (8192 * 32))
+        shutil.chown(seg, "postgres", "postgres")
+        r = subprocess.run(idvtest._as_postgres([os.path.join(PG_BINDIR, "pg_resetwal"), "-x",
+                                                 str(n), "-D", self.pg.data]),
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            raise Fail(f"pg_resetwal: {r.stderr.strip()}")
 
     def roles(self):
         self.pg.psql("DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname ="
@@ -421,8 +459,14 @@ class Scale:
         pg.psql("INSERT INTO idv.work_queue (kind, tx, transaction_id, merchant_biz_id)"
                 " SELECT 'confirm', id, transaction_id, merchant_biz_id FROM idv.transactions"
                 f" WHERE transaction_id LIKE 'claim{label}%'")
+        # Each claim is followed (untimed) by the completion of what it
+        # claimed, as the daemon completes its items: leased items left in the
+        # queue would make every later claim skip over them.
+        done = ("UPDATE idv.work_queue SET done_at = now(), done_by = 'scale', outcome = 'scale'"
+                " WHERE leased_by = 'scale' AND done_at IS NULL")
         m["confirmation claim"] = psql_timed(
-            pg, ["SELECT count(*) FROM idv.claim_work('scale', 10, '1 hour')"] * k, user="idvapp")
+            pg, ["SELECT count(*) FROM idv.claim_work('scale', 10, '1 hour')", done] * k,
+            user="idvapp")[0::2]
         del items
         # events_after: a page of 1000 from positions in the last weeks, and
         # the poll of a consumer that is caught up.
@@ -504,6 +548,15 @@ class Scale:
         t = time.monotonic()
         counts = Fill(self.pg, a.transactions, a.callback_events).run()
         fill_s = time.monotonic() - t
+        t_m = time.monotonic()
+        r = subprocess.run([a.bin, "maintain"], capture_output=True, text=True,
+                           env=dict(os.environ, IDV_DATABASE_URL=self.pg.url("idvapp")))
+        if r.returncode != 0:
+            raise Fail(f"maintain: {r.stdout}{r.stderr}")
+        self.results["maintain_after_fill"] = {"seconds": round(time.monotonic() - t_m, 1),
+                                               "output": r.stdout}
+        log(f"maintain after the fill: {time.monotonic() - t_m:.0f} s; "
+            + "; ".join(l for l in r.stdout.splitlines() if "partitions, from" in l))
         self.vacuum()
         self.results["fill"] = {"seconds": round(fill_s), "rows": counts,
                                 "with_vacuum_seconds": round(time.monotonic() - t),
@@ -706,6 +759,8 @@ def main():
     ap.add_argument("--samples", type=int, default=1000)
     ap.add_argument("--audit-samples", type=int, default=20)
     ap.add_argument("--shared-buffers", default="1GB")
+    ap.add_argument("--xids", type=int, default=0,
+                    help="the cluster's xid counter starts here (default 2 x transactions + 1M)")
     ap.add_argument("--rate", type=int, default=200, help="callbacks/s during --migration")
     ap.add_argument("--load-seconds", type=int, default=600)
     ap.add_argument("--dir", help="where the cluster goes (default: a temporary directory)")
@@ -713,6 +768,8 @@ def main():
     ap.add_argument("--results-dir", default=os.path.join(HERE, "results"))
     a = ap.parse_args()
     a.bin = os.path.abspath(a.bin)
+    if not a.xids:
+        a.xids = 2 * (a.callback_events // 2 if a.migration else a.transactions) + 1_000_000
     idvtest.BIN = a.bin
     idvtest.PG_BINDIR = PG_BINDIR
     if a.migration and not (a.old_bin and a.loadgen):
