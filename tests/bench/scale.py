@@ -662,19 +662,28 @@ class Scale:
         counts = Fill(self.pg, n_tx, a.callback_events).run()
         self.vacuum()
         self.results["fill"] = {"seconds": round(time.monotonic() - t), "rows": counts}
-        rate, seconds = a.rate, a.load_seconds
-        fresh = self.register_fresh(int(rate * seconds * 1.1) + 10, prefix="mig")
-        urls = os.path.join(self.tmp.path, "urls")
-        with open(urls, "w") as f:
-            for tx, tok in fresh:
-                f.write(f"/idv/callback?transactionId={tx}&passed=Y&subCode=200"
-                        f"&callbackToken={tok}\n")
+        rate, seconds, base_s = a.rate, a.load_seconds, 30
+        fresh = self.register_fresh(int(rate * (seconds + base_s) * 1.1) + 10, prefix="mig")
+        urls, base_urls = (os.path.join(self.tmp.path, n) for n in ("urls", "base_urls"))
+        cut = int(rate * base_s * 1.05) + 5
+        for path, part in ((base_urls, fresh[:cut]), (urls, fresh[cut:])):
+            with open(path, "w") as f:
+                for tx, tok in part:
+                    f.write(f"/idv/callback?transactionId={tx}&passed=Y&subCode=200"
+                            f"&callbackToken={tok}\n")
         idvtest.BIN = a.old_bin
         self.daemon = idvtest.Daemon(self.tmp, self.pg, name="old", db_pool_size=4,
                                      log_level="warn", db_timeout_ms=5000)
         self.daemon.start()
         idvtest.BIN = a.bin
         before = self.row_counts()
+        # The same load without a migration first: what this machine gives.
+        log(f"callbacks at {rate}/s for {base_s} s, no migration (baseline)")
+        b = subprocess.run([a.loadgen, "--port", str(self.daemon.public_port), "--urls",
+                            base_urls, "--rate", str(rate), "--duration", str(base_s), "--once",
+                            "--connections", "16"], capture_output=True, text=True)
+        baseline = json.loads(b.stdout)
+        self.results["baseline_load"] = baseline
         log(f"callbacks at {rate}/s for {seconds} s through the daemon of the previous version;"
             " migrate starts after 10 s")
         lg = subprocess.Popen([a.loadgen, "--port", str(self.daemon.public_port), "--urls", urls,
@@ -699,7 +708,7 @@ class Scale:
             raise Fail(f"loadgen: {lg_out}")
         after = self.row_counts()
         answered = load.get("result", {})
-        accepted = answered.get("accepted", 0)
+        accepted = answered.get("accepted", 0) + baseline.get("result", {}).get("accepted", 0)
         live = int(self.pg.psql("SELECT count(*) FROM idv.callback_events"
                                 " WHERE transaction_id LIKE 'mig%' AND outcome = 'accepted'"))
         results = int(self.pg.psql("SELECT count(*) FROM idv.transactions"
@@ -719,6 +728,8 @@ class Scale:
             f"callbacks during the run (loadgen, {rate}/s, {seconds} s): statuses"
             f" {load.get('status')}, results {answered}",
             f"latency ms: {json.dumps(lat)}",
+            f"the same load before, without a migration ({base_s} s): statuses"
+            f" {baseline.get('status')}, latency ms {json.dumps(baseline.get('latency_ms'))}",
             f"accepted answers {accepted}, accepted audit rows {live}, results recorded"
             f" {results}: {'nothing lost' if accepted == live == results else 'MISMATCH'}"])
         print(text, flush=True)
