@@ -251,17 +251,24 @@ static int move_table(PGconn *c, const char *table, FILE *out)
 static int move_history(PGconn *c, FILE *out)
 {
     PGresult *r = PQexec(c, "SELECT table_name FROM idv.history_migration "
-                            "WHERE phase <> 'done' AND to_regclass('idv.history_migration') "
-                            "IS NOT NULL ORDER BY table_name");
+                            "WHERE phase <> 'done' ORDER BY table_name");
     if (!result_ok(r)) {
-        /* No such table yet: a schema before sql/0006 (cannot happen after
-         * the migrations above, but an older binary's run may be ours). */
+        fprintf(out, "migrate: reading idv.history_migration failed: %s", PQerrorMessage(c));
         PQclear(r);
-        return 0;
+        return IDV_EDB;
     }
     int rc = 0;
-    if (PQntuples(r) > 0 && !exec_ok(c, MIGRATE_LOCK_TIMEOUT, out, "migrate", "lock_timeout"))
-        rc = IDV_EDB;
+    if (PQntuples(r) > 0) {
+        PGresult *t = PQexec(c, "SELECT round(max(trigger_ms)::numeric, 1) FROM "
+                                "idv.history_migration WHERE next_block = 0 AND phase = 'copy'");
+        if (result_ok(t) && !PQgetisnull(t, 0, 0))
+            fprintf(out,
+                    "migrate: the copy triggers were installed holding SHARE ROW EXCLUSIVE on "
+                    "the history tables for %s ms\n",
+                    PQgetvalue(t, 0, 0));
+        PQclear(t);
+        if (!exec_ok(c, MIGRATE_LOCK_TIMEOUT, out, "migrate", "lock_timeout")) rc = IDV_EDB;
+    }
     for (int i = 0; rc == 0 && i < PQntuples(r); i++) rc = move_table(c, PQgetvalue(r, i, 0), out);
     PQclear(r);
     PQclear(PQexec(c, "RESET lock_timeout"));
@@ -442,9 +449,11 @@ static int maintain_table(PGconn *c, const char *table, const char *part, long d
         exec_retrying(c,
                       "SELECT count(*) FILTER (WHERE NOT is_default),"
                       " coalesce(to_char(max(range_to) FILTER (WHERE range_to < 'infinity'"
-                      " AND NOT is_default) AT TIME ZONE 'UTC', 'YYYY-MM-DD'), '-'),"
+                      " AND NOT is_default) AT TIME ZONE 'UTC', 'YYYY-MM-DD'),"
+                      " 'xid ' || max(xid_to::text::numeric), '-'),"
                       " coalesce(to_char(min(range_from) FILTER (WHERE NOT is_default)"
-                      " AT TIME ZONE 'UTC', 'YYYY-MM-DD'), '-')"
+                      " AT TIME ZONE 'UTC', 'YYYY-MM-DD'),"
+                      " 'xid ' || min(xid_from::text::numeric), '-')"
                       " FROM idv.history_partitions($1)",
                       1, params, out, "maintain", "listing partitions");
     if (!s) return IDV_EDB;
@@ -469,6 +478,16 @@ int migrate_maintain(const char *conninfo, const struct maintain_opts *opts, FIL
         rc = 0;
         goto done;
     }
+    /* Not while migrate runs (it renames the tables maintain works on): a
+     * shared hold of migrate's lock, which migrate takes exclusively. */
+    PGresult *m = PQexec(c, "SELECT pg_try_advisory_lock_shared(" MIGRATE_LOCK_KEY ")");
+    bool free_of_migrate = result_ok(m) && !strcmp(PQgetvalue(m, 0, 0), "t");
+    PQclear(m);
+    if (!free_of_migrate) {
+        fprintf(out, "maintain: migrate is running; nothing to do\n");
+        rc = 0;
+        goto unlock;
+    }
     if (!exec_ok(c, MAINTAIN_LOCK_TIMEOUT, out, "maintain", "lock_timeout")) goto unlock;
     /* Until migrate has swapped a table in, its partitioned successor is
      * idv.<table>_new: that one needs partitions ahead already. */
@@ -492,7 +511,7 @@ int migrate_maintain(const char *conninfo, const struct maintain_opts *opts, FIL
                                     opts->retention_days[t], out);
     PQclear(r);
 unlock:
-    PQclear(PQexec(c, "SELECT pg_advisory_unlock(" MAINTAIN_LOCK_KEY ")"));
+    PQclear(PQexec(c, "SELECT pg_advisory_unlock_all()"));
 done:
     PQfinish(c);
     return rc;

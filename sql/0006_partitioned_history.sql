@@ -837,7 +837,8 @@ CREATE TABLE idv.history_migration (
     moved       bigint NOT NULL DEFAULT 0,
     started_at  timestamptz NOT NULL DEFAULT now(),
     swapped_at  timestamptz,
-    swap_ms     double precision  -- how long the swap held its lock
+    swap_ms     double precision, -- how long the swap held its lock
+    trigger_ms  double precision  -- how long this file held the locks of the copy triggers
 );
 
 -- Every row inserted into an old table from now on is inserted into the new
@@ -1082,6 +1083,7 @@ $$;
 -- last_id and blocks delimit what history_migrate_step moves.
 LOCK TABLE idv.callback_events, idv.transaction_events, idv.check_results
     IN SHARE ROW EXCLUSIVE MODE;
+CREATE TEMPORARY TABLE history_locked_at ON COMMIT DROP AS SELECT clock_timestamp() AS at;
 CREATE TRIGGER callback_events_copy_to_new AFTER INSERT ON idv.callback_events
     REFERENCING NEW TABLE AS new_rows
     FOR EACH STATEMENT EXECUTE FUNCTION idv.history_copy_callback_events();
@@ -1121,3 +1123,8 @@ GRANT EXECUTE ON FUNCTION idv.history_make_partitions(text, timestamptz, timesta
 GRANT EXECUTE ON FUNCTION idv.history_expired_partitions(text, interval),
     idv.history_drop_partition(text, text, interval) TO idv_maintainer;
 GRANT EXECUTE ON FUNCTION idv.events_dropped_after(xid8, bigint) TO idv_daemon, idv_reader;
+
+-- The very last statement: how long the copy triggers' locks have been held
+-- (until the commit, which follows at once).
+UPDATE idv.history_migration
+SET trigger_ms = extract(epoch FROM clock_timestamp() - (SELECT at FROM history_locked_at)) * 1000;
