@@ -549,13 +549,18 @@ $$;
 -- named by a work item not done (including one given up: an operator may
 -- still retry it). Only those created before p_before (a partition's newest
 -- time plus a day): a transaction's rows are never older than the
--- transaction. Both sets come from small partial indexes.
+-- transaction. Read from small sets, never from all of idv.transactions (the
+-- check runs while callbacks wait): the work items not done (a partial index;
+-- every callback_received transaction has one, its confirmation) and the
+-- sweeper's due list idv.sweep_due (sql/0005: a row for every transaction
+-- initializing or initiated until the sweeper has dealt with it, then a work
+-- item or a final status).
 CREATE FUNCTION idv.history_live_transactions(p_before timestamptz)
 RETURNS TABLE (id bigint, transaction_id text)
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT t.id, t.transaction_id FROM idv.transactions t
+    SELECT t.id, t.transaction_id FROM idv.sweep_due d JOIN idv.transactions t ON t.id = d.tx
     WHERE t.status IN ('initializing', 'initiated', 'callback_received')
       AND t.initiated_at < p_before
     UNION
