@@ -199,6 +199,20 @@ $$;
 
 -- ---- partitions: making them ----------------------------------------------------
 
+-- The TRUNCATE guard of a partition (or a partitioned table): TRUNCATE
+-- triggers are per table, not inherited, and the append-only rule holds for
+-- whoever asks.
+CREATE FUNCTION idv.history_guard_truncate(p_name text) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    EXECUTE format('CREATE OR REPLACE TRIGGER %I BEFORE TRUNCATE ON idv.%I'
+                   ' FOR EACH STATEMENT EXECUTE FUNCTION idv.forbid_change()',
+                   regexp_replace(p_name, '_new$', '') || '_no_truncate', p_name);
+END
+$$;
+
 -- Creates the partition [p_from, p_to) of p_table (bounds as text: times or
 -- xids) as a plain table first and then attaches it: ATTACH takes SHARE UPDATE
 -- EXCLUSIVE on the parent, which does not stop inserts (CREATE TABLE ...
@@ -220,9 +234,7 @@ BEGIN
     EXECUTE format('CREATE TABLE idv.%I (LIKE idv.%I INCLUDING CONSTRAINTS)', v_name, p_table);
     EXECUTE format('ALTER TABLE idv.%I ATTACH PARTITION idv.%I FOR VALUES FROM (%L) TO (%L)',
                    p_table, v_name, p_from, p_to);
-    EXECUTE format('CREATE TRIGGER %I BEFORE TRUNCATE ON idv.%I'
-                   ' FOR EACH STATEMENT EXECUTE FUNCTION idv.forbid_change()',
-                   v_name || '_no_truncate', v_name);
+    PERFORM idv.history_guard_truncate(v_name);
     RETURN format('created partition idv.%s [%s, %s)', v_name, p_from, p_to);
 END
 $$;
@@ -241,9 +253,7 @@ BEGIN
         RETURN NULL;
     END IF;
     EXECUTE format('CREATE TABLE idv.%I PARTITION OF idv.%I DEFAULT', v_def, p_table);
-    EXECUTE format('CREATE TRIGGER %I BEFORE TRUNCATE ON idv.%I'
-                   ' FOR EACH STATEMENT EXECUTE FUNCTION idv.forbid_change()',
-                   v_def || '_no_truncate', v_def);
+    PERFORM idv.history_guard_truncate(v_def);
     RETURN format('created partition idv.%s DEFAULT', v_def);
 END
 $$;
@@ -781,9 +791,7 @@ BEGIN
     -- Append-only, whoever asks: the parent's row triggers are cloned onto
     -- every partition, TRUNCATE triggers are per table (history_add_partition
     -- adds one to each partition). check_results had no TRUNCATE guard.
-    EXECUTE format('CREATE OR REPLACE TRIGGER %I BEFORE TRUNCATE ON idv.%I'
-                   ' FOR EACH STATEMENT EXECUTE FUNCTION idv.forbid_change()',
-                   p_table || '_no_truncate', v_new);
+    PERFORM idv.history_guard_truncate(v_new);
 END
 $$;
 
@@ -850,24 +858,13 @@ CREATE TABLE idv.history_migration (
 -- one too, in the same transaction (one statement per statement); the rows
 -- that were there before are moved by history_migrate_step. With the owner's
 -- rights: whoever inserts into the old table needs no right on the new one.
-CREATE FUNCTION idv.history_copy_callback_events() RETURNS trigger
+CREATE FUNCTION idv.history_copy_to_new() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    INSERT INTO idv.callback_events_new OVERRIDING SYSTEM VALUE SELECT * FROM new_rows;
-    RETURN NULL;
-END
-$$;
-CREATE FUNCTION idv.history_copy_transaction_events() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    INSERT INTO idv.transaction_events_new OVERRIDING SYSTEM VALUE SELECT * FROM new_rows;
-    RETURN NULL;
-END
-$$;
-CREATE FUNCTION idv.history_copy_check_results() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    INSERT INTO idv.check_results_new OVERRIDING SYSTEM VALUE SELECT * FROM new_rows;
+    -- The transition table is visible to EXECUTE too (same column order:
+    -- the new table is a clone).
+    EXECUTE format('INSERT INTO idv.%I OVERRIDING SYSTEM VALUE SELECT * FROM new_rows',
+                   TG_TABLE_NAME || '_new');
     RETURN NULL;
 END
 $$;
@@ -1091,13 +1088,13 @@ LOCK TABLE idv.callback_events, idv.transaction_events, idv.check_results
 CREATE TEMPORARY TABLE history_locked_at ON COMMIT DROP AS SELECT clock_timestamp() AS at;
 CREATE TRIGGER callback_events_copy_to_new AFTER INSERT ON idv.callback_events
     REFERENCING NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION idv.history_copy_callback_events();
+    FOR EACH STATEMENT EXECUTE FUNCTION idv.history_copy_to_new();
 CREATE TRIGGER transaction_events_copy_to_new AFTER INSERT ON idv.transaction_events
     REFERENCING NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION idv.history_copy_transaction_events();
+    FOR EACH STATEMENT EXECUTE FUNCTION idv.history_copy_to_new();
 CREATE TRIGGER check_results_copy_to_new AFTER INSERT ON idv.check_results
     REFERENCING NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION idv.history_copy_check_results();
+    FOR EACH STATEMENT EXECUTE FUNCTION idv.history_copy_to_new();
 INSERT INTO idv.history_migration (table_name, phase, last_id, blocks)
 SELECT t, 'copy', idv.history_last_id('idv.' || t),
        pg_relation_size(('idv.' || t)::regclass) / current_setting('block_size')::bigint
@@ -1116,8 +1113,8 @@ REVOKE ALL ON FUNCTION idv.history_partitions(text), idv.history_base(text),
     idv.history_live_transactions(timestamptz), idv.history_expired_partitions(text, interval),
     idv.history_drop_partition(text, text, interval), idv.events_dropped_after(xid8, bigint),
     idv.history_clone(text), idv.history_migrate_step(text, integer), idv.history_last_id(text),
-    idv.history_copy_callback_events(), idv.history_copy_transaction_events(),
-    idv.history_copy_check_results() FROM PUBLIC;
+    idv.history_guard_truncate(text),
+    idv.history_copy_to_new() FROM PUBLIC;
 GRANT SELECT ON idv.history_tables, idv.history_closed, idv.history_drops
     TO idv_daemon, idv_reader, idv_maintainer;
 GRANT EXECUTE ON FUNCTION idv.history_partitions(text), idv.history_base(text)

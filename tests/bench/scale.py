@@ -25,16 +25,17 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.join(ROOT, "tests", "lib"))
+sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
 import idvtest  # noqa: E402  (PgCluster, Daemon, TempDir)
+from bench import machine  # noqa: E402
+from test_partitions import apply_up_to, audit_queries  # noqa: E402
 
 PG_BINDIR = "/usr/lib/postgresql/15/bin"
-SQL_DIR = os.path.join(ROOT, "sql")
 POINT_TARGET = 1.5  # a point path on the full database: at most this times the empty one
 
 
@@ -68,18 +69,6 @@ class Busy:
         b1, t1 = cpu_busy()
         return {"busy": round((b1 - self.b0) / max(1, t1 - self.t0), 3),
                 "load1_start": round(self.l0, 2), "load1_end": round(os.getloadavg()[0], 2)}
-
-
-def machine():
-    model = ""
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    with open("/proc/meminfo") as f:
-        mem = int(next(line for line in f if line.startswith("MemTotal:")).split()[1])
-    return {"nproc": os.cpu_count(), "cpu": model, "ram_gib": round(mem / 1048576, 1)}
 
 
 def pct(vals, p):
@@ -139,27 +128,6 @@ def columns_of(pg, table):
     return pg.psql(f"SELECT string_agg(attname, ',' ORDER BY attnum) FROM pg_attribute"
                    f" WHERE attrelid = '{table}'::regclass AND attnum > 0"
                    f" AND NOT attisdropped").split(",")
-
-
-def apply_up_to(pg, last):
-    """The sql/ files up to version last, as migrate applies them (one
-    transaction each, recorded with their checksum)."""
-    pg.psql("CREATE SCHEMA idv; CREATE TABLE idv.schema_migrations (version integer PRIMARY KEY,"
-            " name text NOT NULL, checksum text NOT NULL,"
-            " applied_at timestamptz NOT NULL DEFAULT now())")
-    for f in sorted(os.listdir(SQL_DIR)):
-        m = re.match(r"^(\d{4})_(.*)\.sql$", f)
-        if not m or int(m.group(1)) > last:
-            continue
-        with open(os.path.join(SQL_DIR, f), "rb") as fh:
-            data = fh.read()
-        r = subprocess.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-1", "-h", pg.sock,
-                            "-p", str(pg.port), "-U", "postgres", "-d", "postgres", "-f", "-"],
-                           input=data, capture_output=True)
-        if r.returncode != 0:
-            raise Fail(f"{f}: {r.stderr.decode()}")
-        pg.psql(f"INSERT INTO idv.schema_migrations (version, name, checksum) VALUES"
-                f" ({int(m.group(1))}, '{f[:-4]}', '{hashlib.sha256(data).hexdigest()}')")
 
 
 # ---- the fill ---------------------------------------------------------------------
@@ -633,7 +601,7 @@ class Scale:
         self.results["pruning_full"] = pruning
         self.results["plans"] = {"empty": empty_plans, "full": full_plans}
         lines = [
-            f"rows (full): " + ", ".join(f"{k} {int(v):,}" for k, v in
+            "rows (full): " + ", ".join(f"{k} {int(v):,}" for k, v in
                                         self.results["rows"].items()),
             f"fill: {self.results['fill']['seconds']} s with COPY"
             f" ({self.results['fill']['with_vacuum_seconds']} s with VACUUM (ANALYZE));"
@@ -752,7 +720,7 @@ class Scale:
             "accepted_answers": accepted, "accepted_rows": live, "results_recorded": results}
         lat = load.get("latency_ms", {})
         text = "\n".join([
-            f"rows before: " + ", ".join(f"{k} {int(v):,}" for k, v in before.items()),
+            "rows before: " + ", ".join(f"{k} {int(v):,}" for k, v in before.items()),
             f"migrate: {mig_s:.1f} s; machine busy {self.results['machine_busy']['migration']}",
         ] + [f"- idv.{t}: {r} rows moved in {s} s, swap held its lock {ms} ms"
              for t, r, s, ms in swaps] + [
@@ -775,19 +743,6 @@ class Scale:
             self.pg.cleanup()
         if not self.a.keep:
             shutil.rmtree(self.tmp.path, ignore_errors=True)
-
-
-def audit_queries(tx):
-    """(number, title, statement) of each query of sql/audit-queries.sql."""
-    with open(os.path.join(SQL_DIR, "audit-queries.sql")) as f:
-        text = f.read()
-    out = []
-    for m in re.finditer(r"^-- (\d+)\. (.*?)\n((?:--.*\n)*)((?:(?!--).*\n)+?)(?=\n|\Z)", text,
-                         re.M):
-        title = re.sub(r"\s*\(.*", "", m.group(2)).rstrip(".:")[:60]
-        stmt = m.group(4).strip().rstrip(";").replace(":'tx'", f"'{tx}'")
-        out.append((int(m.group(1)), title, stmt))
-    return out
 
 
 def main():

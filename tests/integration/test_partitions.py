@@ -181,13 +181,15 @@ def tiny_partitions(pg):
 
 def audit_queries(tx):
     """The statements of sql/audit-queries.sql, comments dropped, :'tx'
-    replaced: [(number, text)]."""
+    replaced: [(number, title, text)]."""
     with open(os.path.join(SQL_DIR, "audit-queries.sql")) as f:
         text = f.read()
     out = []
-    for m in re.finditer(r"^-- (\d+)\..*?\n((?:--.*\n)*)((?:(?!--).*\n)+?)(?=\n|\Z)", text, re.M):
-        stmt = m.group(3).strip().rstrip(";").replace(":'tx'", f"'{tx}'")
-        out.append((int(m.group(1)), stmt))
+    for m in re.finditer(r"^-- (\d+)\. (.*?)\n((?:--.*\n)*)((?:(?!--).*\n)+?)(?=\n|\Z)", text,
+                         re.M):
+        title = re.sub(r"\s*\(.*", "", m.group(2)).rstrip(".:")[:60]
+        stmt = m.group(4).strip().rstrip(";").replace(":'tx'", f"'{tx}'")
+        out.append((int(m.group(1)), title, stmt))
     return out
 
 
@@ -246,7 +248,7 @@ def case_plans(ctx):
     tx = txs[10][0]
     pg.psql("CREATE ROLE auditor LOGIN IN ROLE idv_reader")
     tiny = tiny_partitions(pg)
-    for num, stmt in audit_queries(tx):
+    for num, _, stmt in audit_queries(tx):
         rows = pg.rows(stmt, user="auditor")  # every query runs as a member of idv_reader
         if num in (1, 4, 6):
             check(rows, f"audit query {num} finds rows")
@@ -319,8 +321,7 @@ def case_plans(ctx):
         seq = [p for p in re.findall(r"Seq Scan on (" + t + r"_(?:p\d{8}|pmin|x\d+|default))\b",
                                      r.stderr) if p not in tiny_partitions(pg)]
         check(not seq, f"point paths scan {t} in full ({seq}):\n{r.stderr}")
-    out = pg.rows(f"SELECT outcome FROM idv.callback_events WHERE instance = 'plans'"
-                  f" ORDER BY id")
+    out = pg.rows("SELECT outcome FROM idv.callback_events WHERE instance = 'plans' ORDER BY id")
     check_eq([o[0] for o in out], ["accepted", "accepted", "duplicate", "duplicate"],
              "the point paths ran for real")
 
@@ -570,7 +571,7 @@ def case_migrate_in_place(ctx):
     apply_up_to(pg, 5)
     pg.psql("CREATE ROLE idvapp LOGIN IN ROLE idv_daemon; CREATE ROLE consumer LOGIN"
             " IN ROLE idv_reader")
-    txs = idvtest.register_bulk(pg, 1200, prefix="mg", salt="migrate-salt")
+    idvtest.register_bulk(pg, 1200, prefix="mg", salt="migrate-salt")
     for back in (3, 2, 1):
         pg.psql(f"""
             WITH t AS (SELECT id, transaction_id, merchant_biz_id FROM idv.transactions
