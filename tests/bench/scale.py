@@ -346,6 +346,7 @@ class Scale:
             os.chmod(self.tmp.path, 0o755)
         self.pg = self.daemon = None
         self.next_fresh = 0
+        self.tag = "r" + time.strftime("%H%M%S")  # prefixes of this run's rows (--reuse)
 
     def start_pg(self, schema=True):
         settings = {
@@ -401,14 +402,16 @@ class Scale:
         in an hour), registered as the admin API would."""
         first = self.next_fresh
         self.next_fresh += n
+        prefix = prefix + self.tag
         self.pg.psql(
             "INSERT INTO idv.transactions (transaction_id, merchant_biz_id, callback_token_sha256,"
             " status, origin, expires_at)"
             f" SELECT '{prefix}' || g, 'fb' || g,"
-            f" sha256(convert_to('scale-token-' || lpad(g::text, 12, '0'), 'UTF8')),"
+            f" sha256(convert_to('scale-token-{self.tag}-' || lpad(g::text, 12, '0'), 'UTF8')),"
             f" 'initiated', 'registered', now() + interval '1 hour'"
             f" FROM generate_series({first}, {first + n - 1}) g")
-        return [(f"{prefix}{g}", f"scale-token-{g:012d}") for g in range(first, first + n)]
+        return [(f"{prefix}{g}", f"scale-token-{self.tag}-{g:012d}")
+                for g in range(first, first + n)]
 
     def http_times(self, port, paths, want):
         """Times each GET on one keep-alive connection; checks each answer."""
@@ -427,9 +430,10 @@ class Scale:
         c.close()
         return out
 
-    def measure(self, label):
-        """Every path, timed; returns {path: [ms]}."""
-        pg, d, n = self.pg, self.daemon, self.a.samples
+    def measure(self, label, n=None):
+        """Every path, timed (n samples of the HTTP paths, a quarter as many of
+        the SQL ones); returns {path: [ms]}."""
+        pg, d, n = self.pg, self.daemon, n or self.a.samples
         busy = Busy()
         m = {}
         # Status GET of transactions picked at random among all of them.
@@ -439,8 +443,14 @@ class Scale:
             "SELECT transaction_id FROM idv.transactions"
             + (" TABLESAMPLE SYSTEM (1)" if big else "")
             + f" WHERE transaction_id IS NOT NULL ORDER BY random() LIMIT {n}")]
-        m["status GET"] = self.http_times(d.admin_port, [f"/v1/transactions/{t}" for t in ids],
-                                          lambda s, b: s == 200)
+        m["status GET, any of the year"] = self.http_times(
+            d.admin_port, [f"/v1/transactions/{t}" for t in ids], lambda s, b: s == 200)
+        # What status GETs mostly ask for: the transactions of the day.
+        recent = [r[0] for r in pg.rows(
+            "SELECT transaction_id FROM idv.transactions WHERE initiated_at > now() - interval"
+            f" '1 day' AND transaction_id IS NOT NULL ORDER BY random() LIMIT {n}")]
+        m["status GET, of the last day"] = self.http_times(
+            d.admin_port, [f"/v1/transactions/{t}" for t in recent], lambda s, b: s == 200)
         # Callbacks of fresh transactions, then the same again.
         fresh = self.register_fresh(n)
         urls = [f"/idv/callback?transactionId={t}&passed=Y&subCode=200&callbackToken={k}"
@@ -457,7 +467,7 @@ class Scale:
         items = self.register_fresh(k * 10, prefix=f"claim{label}")
         pg.psql("INSERT INTO idv.work_queue (kind, tx, transaction_id, merchant_biz_id)"
                 " SELECT 'confirm', id, transaction_id, merchant_biz_id FROM idv.transactions"
-                f" WHERE transaction_id LIKE 'claim{label}%'")
+                f" WHERE transaction_id LIKE 'claim{label}{self.tag}%'")
         # Each claim is followed (untimed) by the completion of what it
         # claimed, as the daemon completes its items: leased items left in the
         # queue would make every later claim skip over them.
@@ -486,7 +496,7 @@ class Scale:
         # The audit queries, as a member of idv_reader.
         tx = random.choice(ids)
         for num, title, stmt in audit_queries(tx):
-            reps = self.a.audit_samples
+            reps = self.a.audit_samples if n == self.a.samples else 2
             m[f"audit {num}: {title}"] = psql_timed(pg, [stmt] * reps, user="auditor")
         self.results.setdefault("machine_busy", {})[label] = busy.stop()
         return m
@@ -529,47 +539,84 @@ class Scale:
 
     # ---- modes ------------------------------------------------------------------
 
+    def start_daemon(self):
+        self.daemon = idvtest.Daemon(self.tmp, self.pg, name="scale" + self.tag, db_pool_size=4,
+                                     log_level="warn", db_timeout_ms=10000)
+        self.daemon.start()
+
+    def measure_warm(self, label):
+        """A short pass first, thrown away (the daemon's connections, the
+        backends' caches and plans warm up), then the pass that counts."""
+        self.measure(f"{label}-warmup", n=max(50, self.a.samples // 10))
+        return self.measure(label)
+
+    def adopt(self, data):
+        """The cluster a run with --keep left in data (stopped): started again
+        (with its own port and socket directory)."""
+        c = idvtest.PgCluster.__new__(idvtest.PgCluster)
+        c.tmp, c.data, c.listeners = self.tmp, data, []
+        c.dir = os.path.dirname(data)
+        c.log = os.path.join(c.dir, "postgres.log")
+        with open(os.path.join(data, "postgresql.auto.conf")) as f:
+            conf = dict(re.findall(r"^(\w+) = (.*)$", f.read(), re.M))
+        c.port = int(conf["port"])
+        c.sock = conf["unix_socket_directories"].strip("'")
+        c.settings = conf
+        c.start()
+        self.pg = c
+
     def empty_then_full(self):
         a = self.a
         self.start_pg()
         self.roles()
-        self.daemon = idvtest.Daemon(self.tmp, self.pg, name="scale", db_pool_size=4,
-                                     log_level="warn", db_timeout_ms=10000)
-        self.daemon.start()
+        self.start_daemon()
         self.register_fresh(a.samples, prefix="base")
         self.vacuum()
         log("measuring the empty database")
-        empty = self.measure("empty")
+        empty = self.measure_warm("empty")
         empty_plans = self.plans("empty")
-        log(f"filling: {a.transactions:,} transactions, {a.callback_events:,} callback events"
-            " (COPY)")
-        busy = Busy()
-        t = time.monotonic()
-        counts = Fill(self.pg, a.transactions, a.callback_events).run()
-        fill_s = time.monotonic() - t
-        t_m = time.monotonic()
-        r = subprocess.run([a.bin, "maintain"], capture_output=True, text=True,
-                           env=dict(os.environ, IDV_DATABASE_URL=self.pg.url("idvapp")))
-        if r.returncode != 0:
-            raise Fail(f"maintain: {r.stdout}{r.stderr}")
-        self.results["maintain_after_fill"] = {"seconds": round(time.monotonic() - t_m, 1),
-                                               "output": r.stdout}
-        log(f"maintain after the fill: {time.monotonic() - t_m:.0f} s; "
-            + "; ".join(l for l in r.stdout.splitlines() if "partitions, from" in l))
-        self.vacuum()
-        self.results["fill"] = {"seconds": round(fill_s), "rows": counts,
-                                "with_vacuum_seconds": round(time.monotonic() - t),
-                                "machine": busy.stop()}
-        log(f"filled in {fill_s:.0f} s ({time.monotonic() - t:.0f} s with VACUUM)")
+        if a.reuse:
+            # The full database of an earlier run (--keep): no fill this time.
+            self.daemon.stop()
+            self.pg.stop()
+            self.adopt(a.reuse)
+            self.start_daemon()
+            self.results["fill"] = {"reused": a.reuse}
+            log(f"full database: {a.reuse} (filled by an earlier run)")
+        else:
+            log(f"filling: {a.transactions:,} transactions, {a.callback_events:,} callback"
+                " events (COPY)")
+            busy = Busy()
+            t = time.monotonic()
+            counts = Fill(self.pg, a.transactions, a.callback_events).run()
+            fill_s = time.monotonic() - t
+            t_m = time.monotonic()
+            r = subprocess.run([a.bin, "maintain"], capture_output=True, text=True,
+                               env=dict(os.environ, IDV_DATABASE_URL=self.pg.url("idvapp")))
+            if r.returncode != 0:
+                raise Fail(f"maintain: {r.stdout}{r.stderr}")
+            self.results["maintain_after_fill"] = {"seconds": round(time.monotonic() - t_m, 1),
+                                                   "output": r.stdout}
+            log(f"maintain after the fill: {time.monotonic() - t_m:.0f} s; "
+                + "; ".join(x for x in r.stdout.splitlines() if "partitions, from" in x))
+            self.vacuum()
+            self.results["fill"] = {"seconds": round(fill_s), "rows": counts,
+                                    "with_vacuum_seconds": round(time.monotonic() - t),
+                                    "machine": busy.stop()}
+            log(f"filled in {fill_s:.0f} s ({time.monotonic() - t:.0f} s with VACUUM)")
         log("measuring the full database")
-        full = self.measure("full")
+        full = self.measure_warm("full")
         full_plans = self.plans("full")
         self.results["rows"] = self.row_counts()
         self.results["sizes"] = self.pg.rows(
             "SELECT h.table_name, count(*), pg_size_pretty(sum(pg_total_relation_size("
             "('idv.' || p.partition_name)::regclass))) FROM idv.history_tables h,"
             " idv.history_partitions(h.table_name) p GROUP BY 1 ORDER BY 1")
+        self.results["transactions_size"] = self.pg.psql(
+            "SELECT pg_size_pretty(pg_total_relation_size('idv.transactions'))")
         self.report(empty, full, empty_plans, full_plans)
+        if a.keep:
+            log(f"kept: {self.pg.data} (--reuse it to measure again without a fill)")
 
     def row_counts(self):
         return dict(self.pg.rows(
@@ -581,6 +628,8 @@ class Scale:
 
     def report(self, empty, full, empty_plans, full_plans):
         rows = []
+        self.results["machine_busy"] = {k: v for k, v in self.results["machine_busy"].items()
+                                        if "warmup" not in k}
         for k in empty:
             e, f = empty[k], full[k]
             em, fm = statistics.median(e), statistics.median(f)
@@ -603,9 +652,13 @@ class Scale:
         lines = [
             "rows (full): " + ", ".join(f"{k} {int(v):,}" for k, v in
                                         self.results["rows"].items()),
-            f"fill: {self.results['fill']['seconds']} s with COPY"
-            f" ({self.results['fill']['with_vacuum_seconds']} s with VACUUM (ANALYZE));"
-            f" machine busy {self.results['fill']['machine']['busy']:.0%}",
+            (f"fill: {self.results['fill']['seconds']} s with COPY"
+             f" ({self.results['fill']['with_vacuum_seconds']} s with VACUUM (ANALYZE));"
+             f" machine busy {self.results['fill']['machine']['busy']:.0%}"
+             if "seconds" in self.results["fill"]
+             else f"fill: reused {self.results['fill']['reused']}"),
+            f"size: idv.transactions {self.results['transactions_size']}, history "
+            + ", ".join(f"{r[0]} {r[2]} in {r[1]} partitions" for r in self.results["sizes"]),
             "machine busy while measuring: " + ", ".join(
                 f"{k} {v['busy']:.0%} (load {v['load1_start']}-{v['load1_end']})"
                 for k, v in self.results["machine_busy"].items()),
@@ -740,7 +793,10 @@ class Scale:
         if self.daemon:
             self.daemon.kill()
         if self.pg:
-            self.pg.cleanup()
+            if self.a.keep:
+                self.pg.stop("fast")
+            else:
+                self.pg.cleanup()
         if not self.a.keep:
             shutil.rmtree(self.tmp.path, ignore_errors=True)
 
@@ -761,7 +817,10 @@ def main():
     ap.add_argument("--rate", type=int, default=200, help="callbacks/s during --migration")
     ap.add_argument("--load-seconds", type=int, default=600)
     ap.add_argument("--dir", help="where the cluster goes (default: a temporary directory)")
-    ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--keep", action="store_true",
+                    help="keep the cluster (stopped) and the temporary directory")
+    ap.add_argument("--reuse", help="the data directory a --keep run left: measure it again"
+                    " (with a fresh empty database beside it) instead of filling one")
     ap.add_argument("--results-dir", default=os.path.join(HERE, "results"))
     a = ap.parse_args()
     a.bin = os.path.abspath(a.bin)
