@@ -915,6 +915,10 @@ DECLARE
     v_t0   timestamptz;
     v_cols text;
     v_defs text[];
+    v_fsig text[];
+    v_fdef text[];
+    v_fown text[];
+    v_facl text[];
     r      record;
 BEGIN
     SELECT * INTO m FROM idv.history_migration x WHERE x.table_name = h.table_name FOR UPDATE;
@@ -969,6 +973,26 @@ BEGIN
               WHERE d.classid = 'pg_rewrite'::regclass
                 AND d.refobjid = format('idv.%I', h.table_name)::regclass
                 AND w.ev_class <> d.refobjid) v;
+        -- Functions typed by the old table's row type (an argument or the
+        -- result: idv.status_payload(idv.transaction_events), which the status
+        -- trigger and idv.record_callback_batch call) are bound to that type's
+        -- oid: they are dropped now and created again, with their owner and
+        -- privileges, once the new table has the name. idv.events_after is
+        -- written again below, with its partition bound.
+        SELECT array_agg(f.sig ORDER BY f.oid), array_agg(f.def ORDER BY f.oid),
+               array_agg(f.own ORDER BY f.oid), array_agg(f.acl ORDER BY f.oid)
+        INTO v_fsig, v_fdef, v_fown, v_facl
+        FROM (SELECT DISTINCT p.oid, p.oid::regprocedure::text AS sig,
+                     pg_get_functiondef(p.oid) AS def, pg_get_userbyid(p.proowner) AS own,
+                     coalesce(p.proacl::text, '') AS acl
+              FROM pg_depend d JOIN pg_proc p ON p.oid = d.objid
+              WHERE d.classid = 'pg_proc'::regclass
+                AND d.refobjid = (SELECT c.reltype FROM pg_class c
+                                  WHERE c.oid = format('idv.%I', h.table_name)::regclass)
+                AND p.oid <> 'idv.events_after(xid8, bigint, integer)'::regprocedure) f;
+        FOR i IN 1 .. coalesce(cardinality(v_fsig), 0) LOOP
+            EXECUTE format('DROP FUNCTION %s', v_fsig[i]);
+        END LOOP;
         EXECUTE format('DROP TRIGGER %I ON idv.%I', h.table_name || '_copy_to_new', h.table_name);
         -- The old table and everything named after it step aside.
         EXECUTE format('ALTER TABLE idv.%I RENAME TO %I', h.table_name, v_old);
@@ -1020,6 +1044,27 @@ BEGIN
         END LOOP;
         FOR i IN 1 .. coalesce(cardinality(v_defs), 0) LOOP
             EXECUTE v_defs[i];
+        END LOOP;
+        FOR i IN 1 .. coalesce(cardinality(v_fsig), 0) LOOP
+            EXECUTE v_fdef[i];  -- its signature's type name is now the new table's
+            EXECUTE format('ALTER FUNCTION %s OWNER TO %I', v_fsig[i], v_fown[i]);
+            EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', v_fsig[i]);
+            FOR r IN SELECT a.grantee FROM aclexplode(nullif(v_facl[i], '')::aclitem[]) a
+                     WHERE a.privilege_type = 'EXECUTE' LOOP
+                EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %s', v_fsig[i],
+                               CASE WHEN r.grantee = 0 THEN 'PUBLIC'
+                                    ELSE quote_ident(pg_get_userbyid(r.grantee)) END);
+            END LOOP;
+        END LOOP;
+        -- PL/pgSQL functions that declare a variable of the row type (the
+        -- status row trigger: `e idv.transaction_events`) keep the old type in
+        -- every session that compiled them; written again unchanged, they are
+        -- compiled again by every session at their next call.
+        FOR r IN SELECT p.oid FROM pg_proc p
+                 WHERE p.pronamespace = 'idv'::regnamespace
+                   AND p.prolang = (SELECT l.oid FROM pg_language l WHERE l.lanname = 'plpgsql')
+                   AND p.prosrc ~ format('\midv\.%s\s*(;|%%ROWTYPE)', h.table_name) LOOP
+            EXECUTE pg_get_functiondef(r.oid);
         END LOOP;
         IF h.table_name = 'transaction_events' THEN
             -- Its result type was the old table's row type. The position's xid

@@ -608,15 +608,24 @@ class Scale:
         full = self.measure_warm("full")
         full_plans = self.plans("full")
         self.results["rows"] = self.row_counts()
-        self.results["sizes"] = self.pg.rows(
-            "SELECT h.table_name, count(*), pg_size_pretty(sum(pg_total_relation_size("
-            "('idv.' || p.partition_name)::regclass))) FROM idv.history_tables h,"
-            " idv.history_partitions(h.table_name) p GROUP BY 1 ORDER BY 1")
+        self.results["sizes"] = self.sizes()
         self.results["transactions_size"] = self.pg.psql(
             "SELECT pg_size_pretty(pg_total_relation_size('idv.transactions'))")
         self.report(empty, full, empty_plans, full_plans)
         if a.keep:
             log(f"kept: {self.pg.data} (--reuse it to measure again without a fill)")
+
+    def sizes(self):
+        """Per history table: partitions, size with indexes, and bytes per
+        row (table and indexes: what sizing a retention needs)."""
+        return self.pg.rows(
+            "SELECT h.table_name, count(*), pg_size_pretty(sum(pg_total_relation_size("
+            "('idv.' || p.partition_name)::regclass))), round(sum(pg_total_relation_size("
+            "('idv.' || p.partition_name)::regclass)) / greatest(1, (SELECT sum(c.reltuples)"
+            " FROM pg_class c JOIN idv.history_partitions(h.table_name) q"
+            " ON c.oid = ('idv.' || q.partition_name)::regclass)))"
+            " FROM idv.history_tables h, idv.history_partitions(h.table_name) p"
+            " GROUP BY 1 ORDER BY 1")
 
     def row_counts(self):
         return dict(self.pg.rows(
@@ -658,7 +667,8 @@ class Scale:
              if "seconds" in self.results["fill"]
              else f"fill: reused {self.results['fill']['reused']}"),
             f"size: idv.transactions {self.results['transactions_size']}, history "
-            + ", ".join(f"{r[0]} {r[2]} in {r[1]} partitions" for r in self.results["sizes"]),
+            + ", ".join(f"{r[0]} {r[2]} in {r[1]} partitions ({r[3]} bytes a row with its"
+                        " indexes)" for r in self.results["sizes"]),
             "machine busy while measuring: " + ", ".join(
                 f"{k} {v['busy']:.0%} (load {v['load1_start']}-{v['load1_end']})"
                 for k, v in self.results["machine_busy"].items()),
@@ -759,6 +769,9 @@ class Scale:
         if lg.returncode != 0:
             raise Fail(f"loadgen: {lg_out}")
         after = self.row_counts()
+        self.pg.psql("VACUUM (ANALYZE) idv.callback_events, idv.transaction_events,"
+                     " idv.check_results")
+        sizes = self.results["sizes"] = self.sizes()
         answered = load.get("result", {})
         accepted = answered.get("accepted", 0) + baseline.get("result", {}).get("accepted", 0)
         live = int(self.pg.psql("SELECT count(*) FROM idv.callback_events"
@@ -783,7 +796,9 @@ class Scale:
             f"the same load before, without a migration ({base_s} s): statuses"
             f" {baseline.get('status')}, latency ms {json.dumps(baseline.get('latency_ms'))}",
             f"accepted answers {accepted}, accepted audit rows {live}, results recorded"
-            f" {results}: {'nothing lost' if accepted == live == results else 'MISMATCH'}"])
+            f" {results}: {'nothing lost' if accepted == live == results else 'MISMATCH'}",
+            "size after: " + ", ".join(f"{r[0]} {r[2]} in {r[1]} partitions ({r[3]} bytes a"
+                                       " row with its indexes)" for r in sizes)])
         print(text, flush=True)
         self.write(text)
         if not (accepted == live == results):
