@@ -69,6 +69,10 @@ static const struct key_def keys[] = {
     K(alibaba_circuit_open_ms, KT_INT, "1000", 10, 3600000),
     K(alibaba_circuit_max_open_ms, KT_INT, "30000", 10, 86400000),
     K(shutdown_timeout_ms, KT_INT, "10000", 0, 600000),
+    /* How long `maintain` keeps each history table's partitions (0: forever). */
+    K(retention_callback_events_days, KT_INT, "0", 0, 36500),
+    K(retention_transaction_events_days, KT_INT, "0", 0, 36500),
+    K(retention_check_results_days, KT_INT, "0", 0, 36500),
 };
 #undef K
 #define NKEYS (sizeof keys / sizeof keys[0])

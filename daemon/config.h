@@ -49,6 +49,9 @@ struct config {
     long confirm_poll_ms;
     long sweep_interval_ms;
     long shutdown_timeout_ms;
+    long retention_callback_events_days; /* `maintain`: 0 keeps everything */
+    long retention_transaction_events_days;
+    long retention_check_results_days;
 
     /* Derived while validating. */
     struct netaddr listen_addr;

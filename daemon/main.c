@@ -34,7 +34,7 @@
 
 static void usage(FILE *out)
 {
-    fprintf(out, "usage: idv-callbackd [serve|migrate|check-config] [--config FILE]\n"
+    fprintf(out, "usage: idv-callbackd [serve|migrate|maintain|check-config] [--config FILE]\n"
                  "       idv-callbackd version\n");
 }
 
@@ -423,21 +423,44 @@ static int cmd_check_config(const char *path)
     return 0;
 }
 
+/* The configuration of a command that only talks to the database (migrate,
+ * maintain): database_url is required, the rest may be missing. Returns 0 or
+ * EXIT_USAGE (message printed; cfg freed). */
+static int load_db_config(struct config *cfg, const char *path, const char *cmd)
+{
+    char err[512];
+    if (config_load(cfg, path, false, err, sizeof err) != 0) {
+        fprintf(stderr, "idv-callbackd: %s\n", err);
+        config_free(cfg);
+        return EXIT_USAGE;
+    }
+    if (!cfg->database_url) {
+        fprintf(stderr, "idv-callbackd: database_url: required for %s\n", cmd);
+        config_free(cfg);
+        return EXIT_USAGE;
+    }
+    return 0;
+}
+
 static int cmd_migrate(const char *path)
 {
     struct config cfg;
-    char err[512];
-    if (config_load(&cfg, path, false, err, sizeof err) != 0) {
-        fprintf(stderr, "idv-callbackd: %s\n", err);
-        config_free(&cfg);
-        return EXIT_USAGE;
-    }
-    if (!cfg.database_url) {
-        fprintf(stderr, "idv-callbackd: database_url: required for migrate\n");
-        config_free(&cfg);
-        return EXIT_USAGE;
-    }
+    if (load_db_config(&cfg, path, "migrate") != 0) return EXIT_USAGE;
     int rc = migrate_run(cfg.database_url, stdout);
+    config_free(&cfg);
+    return rc == 0 ? 0 : EXIT_RUNTIME;
+}
+
+/* Partitions ahead and retention of the history tables; run by
+ * idv-callbackd-maintain.timer. */
+static int cmd_maintain(const char *path)
+{
+    struct config cfg;
+    if (load_db_config(&cfg, path, "maintain") != 0) return EXIT_USAGE;
+    struct maintain_opts mo = {.retention_days = {cfg.retention_callback_events_days,
+                                                  cfg.retention_transaction_events_days,
+                                                  cfg.retention_check_results_days}};
+    int rc = migrate_maintain(cfg.database_url, &mo, stdout);
     config_free(&cfg);
     return rc == 0 ? 0 : EXIT_RUNTIME;
 }
@@ -470,6 +493,7 @@ int main(int argc, char **argv)
     if (!strcmp(cmd, "version")) return cmd_version();
     if (!strcmp(cmd, "serve")) return cmd_serve(config_path);
     if (!strcmp(cmd, "migrate")) return cmd_migrate(config_path);
+    if (!strcmp(cmd, "maintain")) return cmd_maintain(config_path);
     if (!strcmp(cmd, "check-config")) return cmd_check_config(config_path);
     fprintf(stderr, "idv-callbackd: unknown command '%s'\n", cmd);
     usage(stderr);

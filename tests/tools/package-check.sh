@@ -41,12 +41,30 @@ if [ $rc -ne 2 ] || ! grep -q db_pool_size "$tmp/err"; then
 fi
 
 unitdir=/usr/lib/systemd/system
-systemd-analyze verify --man=no "$unitdir/idv-callbackd.service" "$unitdir/idv-callbackd.socket"
-score=$(systemd-analyze security --offline=true "$unitdir/idv-callbackd.service" 2>&1 |
-        sed -n 's/.*Overall exposure level for idv-callbackd.service: \([0-9.]*\).*/\1/p')
-echo "package-check: systemd-analyze security exposure $score"
-awk -v s="$score" 'BEGIN { exit !(s != "" && s <= 1.5) }' || {
-  echo "package-check: exposure $score is above 1.5" >&2
+systemd-analyze verify --man=no "$unitdir/idv-callbackd.service" "$unitdir/idv-callbackd.socket" \
+  "$unitdir/idv-callbackd-maintain.service" "$unitdir/idv-callbackd-maintain.timer"
+for unit in idv-callbackd.service idv-callbackd-maintain.service; do
+  score=$(systemd-analyze security --offline=true "$unitdir/$unit" 2>&1 |
+          sed -n "s/.*Overall exposure level for $unit: \([0-9.]*\).*/\1/p")
+  echo "package-check: systemd-analyze security exposure of $unit $score"
+  awk -v s="$score" 'BEGIN { exit !(s != "" && s <= 1.5) }' || {
+    echo "package-check: exposure of $unit $score is above 1.5" >&2
+    exit 1
+  }
+done
+# The timer starts the maintenance service, which runs the installed binary's
+# maintain: here without a database, it must say it cannot connect (exit 1).
+grep -q '^ExecStart=/usr/bin/idv-callbackd maintain ' "$unitdir/idv-callbackd-maintain.service" || {
+  echo "package-check: idv-callbackd-maintain.service does not run maintain" >&2
   exit 1
 }
+set +e
+IDV_DATABASE_URL="host=$tmp/nowhere connect_timeout=2" \
+  /usr/bin/idv-callbackd maintain --config /dev/null >"$tmp/maint" 2>&1
+rc=$?
+set -e
+if [ $rc -ne 1 ] || ! grep -q "maintain: cannot connect" "$tmp/maint"; then
+  echo "package-check: maintain without a database: exit $rc: $(cat "$tmp/maint")" >&2
+  exit 1
+fi
 echo "package-check: ok"

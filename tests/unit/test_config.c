@@ -320,6 +320,34 @@ static void integer_out_of_range(void)
     teardown(NULL);
 }
 
+/* The retention keys of `maintain`: 0 (keep everything) by default, days up
+ * to a hundred years, a negative or absurd value named. */
+static void retention_keys(void)
+{
+    setup();
+    struct config cfg;
+    CHECK_INT(load(&cfg, REQUIRED), 0);
+    CHECK_INT(cfg.retention_callback_events_days, 0);
+    CHECK_INT(cfg.retention_transaction_events_days, 0);
+    CHECK_INT(cfg.retention_check_results_days, 0);
+    config_free(&cfg);
+    CHECK_INT(load(&cfg, REQUIRED "retention_callback_events_days = 400\n"
+                                  "retention_transaction_events_days = 730\n"
+                                  "retention_check_results_days = 36500\n"),
+              0);
+    CHECK_INT(cfg.retention_callback_events_days, 400);
+    CHECK_INT(cfg.retention_transaction_events_days, 730);
+    CHECK_INT(cfg.retention_check_results_days, 36500);
+    config_free(&cfg);
+    CHECK_CONTAINS(load_err(REQUIRED "retention_callback_events_days = -1\n"),
+                   "retention_callback_events_days");
+    CHECK_CONTAINS(load_err(REQUIRED "retention_check_results_days = 36501\n"),
+                   "retention_check_results_days");
+    CHECK_CONTAINS(load_err(REQUIRED "retention_transaction_events_days = 1y\n"),
+                   "retention_transaction_events_days");
+    teardown(NULL);
+}
+
 static void bool_values(void)
 {
     setup();
@@ -834,6 +862,7 @@ static const struct test_case cases[] = {
     TEST(integer_keys),
     TEST(integer_bad_names_key),
     TEST(integer_out_of_range),
+    TEST(retention_keys),
     TEST(bool_values),
     TEST(log_format_and_level),
     TEST(unknown_key_named),
