@@ -24,13 +24,6 @@ const char *cb_outcome_name(enum cb_outcome o)
     return outcome_names[o];
 }
 
-int cb_outcome_parse(const char *s)
-{
-    for (int i = 0; i < CBO__COUNT; i++)
-        if (strcmp(s, outcome_names[i]) == 0) return i;
-    return -1;
-}
-
 static const double buckets[METRICS_BUCKETS] = {
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30};
 

@@ -26,8 +26,6 @@ enum cb_outcome {
 
 /* Text of an outcome ("accepted"). */
 const char *cb_outcome_name(enum cb_outcome o);
-/* Parses an outcome name; returns -1 when unknown. */
-int cb_outcome_parse(const char *s);
 
 #define METRICS_BUCKETS 15
 struct histogram {
