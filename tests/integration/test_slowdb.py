@@ -36,7 +36,8 @@ import idvtest  # noqa: E402
 import slowdb  # noqa: E402
 from idvtest import check, check_eq, metric_value, wait_until  # noqa: E402
 from netproxy import NetProxy  # noqa: E402
-from test_partitions import RETENTION_KEYS, TABLES, apply_up_to, partitions  # noqa: E402
+from test_partitions import (RETENTION_KEYS, TABLES, apply_up_to, old_history,  # noqa: E402
+                             partitions)
 
 N = int(os.environ.get("IDV_SLOWDB_N", "120"))
 THREADS = int(os.environ.get("IDV_SLOWDB_THREADS", "16"))
@@ -388,8 +389,9 @@ def case_maintain_on_sync_standby(ctx):
        SHARE by another session), first as a black hole (nothing answers:
        maintain gives up at its deadline), then as a reset: maintain exits
        non-zero with one clear line, leaves nothing half-made and makes
-       nothing of the step that was cut; the next run, the link back, makes
-       what was missing, on the standby too.
+       nothing of the step that was cut (a run started in the black hole
+       gives up connecting); the next run, the link back, makes what was
+       missing, on the standby too.
     Throughout, every callback is answered 200 or 503 (the cut), and every 200
     is recorded on the primary and on the standby."""
     db = slowdb.slow_db(ctx, LATENCY_MS, LATENCY_MS)
@@ -448,6 +450,10 @@ def case_maintain_on_sync_standby(ctx):
         if how == "blackhole":
             db.proxy.blackhole(True)
             rc, out = m.wait()
+            # A run started in the black hole: its connection has the deadline too.
+            crc, cout = Maintain(url).wait()
+            check(crc != 0 and re.fullmatch(r"maintain: cannot connect: .*timeout expired", cout),
+                  f"a maintain started in the black hole: {crc}, {cout}")
             db.proxy.reset()  # what the black hole held goes nowhere
             db.proxy.blackhole(False)
         else:
@@ -477,7 +483,8 @@ def case_maintain_on_sync_standby(ctx):
     rc, out = Maintain(url).wait()
     check_eq(rc, 0, "maintain's exit status, the link back")
     created = set(re.findall(r"^maintain: created partition idv\.(\w+) ", out, re.M))
-    check_eq(created, cr_ahead, "the next run made what was missing")
+    check_eq({p for p in created if p.startswith("check_results_")}, cr_ahead,
+             "the next run made what was missing")
     load.wait(lambda a: a.status == 200 and a.sent > t_back, 20, 60,
               "callbacks accepted again, the link back")
     load.stop()
@@ -500,25 +507,7 @@ def case_migrate_on_sync_standby(ctx):
     apply_up_to(pg, 5)
     pg.psql("CREATE ROLE idvapp LOGIN IN ROLE idv_daemon")
     idvtest.register_bulk(pg, 600, prefix="mg", salt="migrate-salt")
-    for back in (2, 1):
-        pg.psql(f"""
-            WITH t AS (SELECT id, transaction_id, merchant_biz_id FROM idv.transactions
-                       WHERE transaction_id LIKE 'mg%' AND id % 2 = {back - 1}),
-                 ce AS (INSERT INTO idv.callback_events (received_at, outcome, transaction_id,
-                            passed, sub_code, client_ip, instance)
-                        SELECT now() - interval '{back} months' + t.id * interval '1 second',
-                               o, t.transaction_id, 'Y', '200', '192.0.2.9', 'old'
-                        FROM t, unnest(ARRAY['accepted', 'duplicate']) o),
-                 te AS (INSERT INTO idv.transaction_events (at, tx, transaction_id,
-                            merchant_biz_id, status, passed, sub_code, confirmed)
-                        SELECT now() - interval '{back} months' + t.id * interval '1 second',
-                               t.id, t.transaction_id, t.merchant_biz_id, 'passed', 'Y', '200',
-                               false FROM t)
-            INSERT INTO idv.check_results (tx, transaction_id, checked_at, passed, sub_code,
-                                           instance)
-            SELECT t.id, t.transaction_id,
-                   now() - interval '{back} months' + t.id * interval '1 second', 'Y', '200',
-                   'old' FROM t""")
+    old_history(pg, 2)
     before = {t: pg.psql(f"SELECT count(*) || ' ' || sum(id) || ' ' || max(id) FROM idv.{t}")
               for t in TABLES}
     fresh = idvtest.register_bulk(pg, 500, prefix="live", salt="live-migrate")
@@ -549,10 +538,12 @@ def case_migrate_on_sync_standby(ctx):
                what="callbacks before the migration")
     env = dict(os.environ, IDV_DATABASE_URL=db.url(user="postgres"),
                IDV_MIGRATE_BATCH_BLOCKS="2")
+    n0 = len(accepted)
     r = subprocess.run([idvtest.BIN, "migrate"], env=env, stdout=subprocess.PIPE,
                        stderr=subprocess.STDOUT, text=True, timeout=120)
-    print(f"migrate: exit status {r.returncode}; output:\n{r.stdout}", flush=True)
     n = len(accepted)
+    print(f"migrate: exit status {r.returncode}; {n - n0} callbacks recorded while it ran;"
+          f" output:\n{r.stdout}", flush=True)
     wait_until(lambda: len(accepted) >= n + 30 or not th.is_alive(), 60,
                what="callbacks after the migration")
     stop.set()
