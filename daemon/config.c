@@ -73,6 +73,8 @@ static const struct key_def keys[] = {
     K(retention_callback_events_days, KT_INT, "0", 0, 36500),
     K(retention_transaction_events_days, KT_INT, "0", 0, 36500),
     K(retention_check_results_days, KT_INT, "0", 0, 36500),
+    /* How long a statement of `maintain` or `migrate` may go unanswered. */
+    K(maintain_timeout_ms, KT_INT, "300000", 100, 86400000),
 };
 #undef K
 #define NKEYS (sizeof keys / sizeof keys[0])

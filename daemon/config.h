@@ -52,6 +52,7 @@ struct config {
     long retention_callback_events_days; /* `maintain`: 0 keeps everything */
     long retention_transaction_events_days;
     long retention_check_results_days;
+    long maintain_timeout_ms; /* `maintain`, `migrate`: deadline of one statement */
 
     /* Derived while validating. */
     struct netaddr listen_addr;

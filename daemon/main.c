@@ -446,7 +446,7 @@ static int cmd_migrate(const char *path)
 {
     struct config cfg;
     if (load_db_config(&cfg, path, "migrate") != 0) return EXIT_USAGE;
-    int rc = migrate_run(cfg.database_url, stdout);
+    int rc = migrate_run(cfg.database_url, cfg.maintain_timeout_ms, stdout);
     config_free(&cfg);
     return rc == 0 ? 0 : EXIT_RUNTIME;
 }
@@ -459,7 +459,8 @@ static int cmd_maintain(const char *path)
     if (load_db_config(&cfg, path, "maintain") != 0) return EXIT_USAGE;
     struct maintain_opts mo = {.retention_days = {cfg.retention_callback_events_days,
                                                   cfg.retention_transaction_events_days,
-                                                  cfg.retention_check_results_days}};
+                                                  cfg.retention_check_results_days},
+                               .timeout_ms = cfg.maintain_timeout_ms};
     int rc = migrate_maintain(cfg.database_url, &mo, stdout);
     config_free(&cfg);
     return rc == 0 ? 0 : EXIT_RUNTIME;

@@ -1,5 +1,7 @@
 #include "migrate.h"
 
+#include <errno.h>
+#include <poll.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
@@ -81,53 +83,176 @@ static bool lock_not_available(const PGresult *r)
     return s && strcmp(s, "55P03") == 0;
 }
 
-static bool exec_ok(PGconn *c, const char *sql, FILE *out, const char *who, const char *what)
+/* A command-line session with the database: every line it prints starts with
+ * who, and every statement has a deadline (see session_exec). */
+struct session {
+    PGconn *c;
+    FILE *out;
+    const char *who; /* "migrate" or "maintain" */
+    long timeout_ms; /* deadline of one statement */
+    bool lost;       /* the connection broke or a deadline passed: no more statements */
+    bool reported;   /* ... and that was printed: nothing more is */
+};
+
+/* libpq's last message, its lines joined, and a newline. */
+static void print_pq_message(struct session *s)
 {
-    PGresult *r = PQexec(c, sql);
-    bool ok = result_ok(r);
-    if (!ok) fprintf(out, "%s: %s failed: %s", who, what, PQerrorMessage(c));
+    const char *m = PQerrorMessage(s->c);
+    bool space = false, any = false;
+    for (; *m; m++) {
+        if (*m == '\n' || *m == '\t' || *m == '\r' || *m == ' ') {
+            space = any;
+            continue;
+        }
+        if (space) fputc(' ', s->out);
+        fputc(*m, s->out);
+        space = false;
+        any = true;
+    }
+    if (!any) fputs("no message from libpq", s->out);
+    fputc('\n', s->out);
+    fflush(s->out);
+}
+
+/* Prints "<who>: <what> failed: <libpq's message>" as one line: libpq's
+ * messages run over several lines ("server closed the connection
+ * unexpectedly\n\tThis probably means..."), which a journal shows as
+ * separate entries, the cause apart from what failed. */
+static void session_error(struct session *s, const char *what)
+{
+    fprintf(s->out, "%s: %s failed: ", s->who, what);
+    print_pq_message(s);
+    if (PQstatus(s->c) == CONNECTION_BAD) s->lost = true;
+    s->reported = s->lost;
+}
+
+/* Sends sql (parameters as PQexecParams; none: several statements allowed, as
+ * PQexec) and waits for its results, at most s->timeout_ms: a blocking PQexec
+ * waits forever when the network between us and the server is cut while the
+ * statement runs (no RST comes; TCP holds what either side sends). Returns
+ * the result PQexec would (the last one, or the first error), or NULL: the
+ * connection failed (libpq's message is set) or the deadline passed (one
+ * line printed). Either way s->lost is set: a statement still unanswered
+ * makes the connection unusable, and it is only closed. */
+static PGresult *session_exec(struct session *s, const char *sql, int nparams,
+                              const char *const *params, const char *what)
+{
+    if (s->lost) return NULL;
+    int sent = nparams > 0 ? PQsendQueryParams(s->c, sql, nparams, NULL, params, NULL, NULL, 0)
+                           : PQsendQuery(s->c, sql);
+    if (!sent) return NULL; /* libpq's message says why */
+    double deadline = now_s() + (double)s->timeout_ms / 1000.0;
+    PGresult *keep = NULL;
+    for (;;) {
+        int unsent = PQflush(s->c);
+        if (unsent < 0) break;
+        if (unsent == 0 && !PQisBusy(s->c)) {
+            PGresult *r = PQgetResult(s->c);
+            if (!r) return keep;
+            if (keep && !result_ok(keep)) {
+                PQclear(r);
+            } else {
+                PQclear(keep);
+                keep = r;
+            }
+            continue;
+        }
+        double left = deadline - now_s();
+        if (left <= 0) {
+            fprintf(s->out,
+                    "%s: %s: no answer from the database within %g s; giving up (the step "
+                    "is either done or rolled back by the server: the next run goes on from "
+                    "there)\n",
+                    s->who, what, (double)s->timeout_ms / 1000.0);
+            fflush(s->out);
+            PQclear(keep);
+            s->lost = s->reported = true;
+            return NULL;
+        }
+        struct pollfd p = {.fd = PQsocket(s->c),
+                           .events = (short)(POLLIN | (unsent ? POLLOUT : 0))};
+        int n = poll(&p, 1, (int)(left * 1000.0) + 1);
+        if (n < 0 && errno != EINTR) break;
+        if (n > 0 && !PQconsumeInput(s->c)) break;
+    }
+    PQclear(keep);
+    s->lost = true;
+    return NULL;
+}
+
+/* session_exec; a statement that failed is reported (one line, and only
+ * the first failure of a lost session) and NULL returned. */
+static PGresult *session_run(struct session *s, const char *sql, int nparams,
+                             const char *const *params, const char *what)
+{
+    PGresult *r = session_exec(s, sql, nparams, params, what);
+    if (r && result_ok(r)) return r;
+    if (!s->reported) session_error(s, what);
     PQclear(r);
-    return ok;
+    return NULL;
+}
+
+static bool exec_ok(struct session *s, const char *sql, const char *what)
+{
+    PGresult *r = session_run(s, sql, 0, NULL, what);
+    PQclear(r);
+    return r != NULL;
 }
 
 /* Runs one autocommit statement; when it cannot get a lock within the
  * session's lock_timeout it is tried again after a back-off. Returns the
  * result (the caller clears it) or NULL, the error printed. */
-static PGresult *exec_retrying(PGconn *c, const char *sql, int nparams, const char *const *params,
-                               FILE *out, const char *who, const char *what)
+static PGresult *exec_retrying(struct session *s, const char *sql, int nparams,
+                               const char *const *params, const char *what)
 {
     long backoff = 250;
     for (int attempt = 1;; attempt++) {
-        PGresult *r = PQexecParams(c, sql, nparams, NULL, params, NULL, NULL, 0);
-        if (result_ok(r)) return r;
-        if (lock_not_available(r) && attempt < LOCK_ATTEMPTS) {
-            fprintf(out, "%s: %s: a lock was not free within lock_timeout; again in %ld ms\n", who,
-                    what, backoff);
-            fflush(out);
+        PGresult *r = session_exec(s, sql, nparams, params, what);
+        if (r && result_ok(r)) return r;
+        if (r && lock_not_available(r) && attempt < LOCK_ATTEMPTS) {
+            fprintf(s->out, "%s: %s: a lock was not free within lock_timeout; again in %ld ms\n",
+                    s->who, what, backoff);
+            fflush(s->out);
             PQclear(r);
             sleep_ms(backoff);
             if (backoff < 8000) backoff *= 2;
             continue;
         }
-        fprintf(out, "%s: %s failed: %s", who, what, PQerrorMessage(c));
+        if (!s->reported) session_error(s, what);
         PQclear(r);
         return NULL;
     }
 }
 
-static PGconn *connect_db(const char *conninfo, const char *app, FILE *out, const char *who)
+/* Connects s (who and out set) with conninfo. libpq's connect_timeout (at
+ * least 2 s, libpq's minimum) bounds the connection as s->timeout_ms bounds a
+ * statement; given before database_url, which may set another. */
+static bool session_connect(struct session *s, const char *conninfo, const char *app)
 {
-    const char *kw[] = {"dbname", "fallback_application_name", NULL};
-    const char *val[] = {conninfo, app, NULL};
-    PGconn *c = PQconnectdbParams(kw, val, 1);
-    if (!c) return NULL;
-    if (PQstatus(c) != CONNECTION_OK) {
-        fprintf(out, "%s: cannot connect: %s", who, PQerrorMessage(c));
-        PQfinish(c);
-        return NULL;
+    char ct[24];
+    long secs = (s->timeout_ms + 999) / 1000;
+    snprintf(ct, sizeof ct, "%ld", secs < 2 ? 2 : secs);
+    const char *kw[] = {"connect_timeout", "dbname", "fallback_application_name", NULL};
+    const char *val[] = {ct, conninfo, app, NULL};
+    s->lost = s->reported = false;
+    s->c = PQconnectdbParams(kw, val, 1);
+    if (!s->c) return false;
+    if (PQstatus(s->c) != CONNECTION_OK) {
+        fprintf(s->out, "%s: cannot connect: ", s->who);
+        print_pq_message(s);
+        PQfinish(s->c);
+        s->c = NULL;
+        return false;
     }
-    PQclear(PQexec(c, "SET client_min_messages = warning"));
-    return c;
+    /* Non-blocking: session_exec waits in poll(), with its deadline, never in
+     * a write to a socket nobody reads. */
+    if (PQsetnonblocking(s->c, 1) != 0 ||
+        !exec_ok(s, "SET client_min_messages = warning", "session setup")) {
+        PQfinish(s->c);
+        s->c = NULL;
+        return false;
+    }
+    return true;
 }
 
 /* ---- migrate --------------------------------------------------------------- */
@@ -135,45 +260,45 @@ static PGconn *connect_db(const char *conninfo, const char *app, FILE *out, cons
 /* Applies one migration in its own transaction. A migration that could not
  * get a lock within its lock_timeout (sql/0006 sets one: it must not hold
  * callbacks back while it waits) is rolled back and tried again. */
-static int apply_one(PGconn *c, const struct migration *m, const char *sum, FILE *out)
+static int apply_one(struct session *s, const struct migration *m, const char *sum)
 {
     char v[16];
     snprintf(v, sizeof v, "%d", m->version);
     const char *params[3] = {v, m->name, sum};
     long backoff = 250;
     for (int attempt = 1;; attempt++) {
-        if (!exec_ok(c, "BEGIN", out, "migrate", "BEGIN")) return IDV_EDB;
-        PGresult *r = PQexec(c, m->sql);
-        if (!result_ok(r)) {
+        if (!exec_ok(s, "BEGIN", "BEGIN")) return IDV_EDB;
+        PGresult *r = session_exec(s, m->sql, 0, NULL, m->name);
+        if (!r || !result_ok(r)) {
             bool retry = lock_not_available(r) && attempt < LOCK_ATTEMPTS;
-            if (retry)
-                fprintf(out,
+            if (retry) {
+                fprintf(s->out,
                         "migrate: %s: a lock was not free within lock_timeout; again in %ld ms\n",
                         m->name, backoff);
-            else
-                fprintf(out, "migrate: %s failed: %s", m->name, PQerrorMessage(c));
-            fflush(out);
+                fflush(s->out);
+            } else if (!s->reported) {
+                session_error(s, m->name);
+            }
             PQclear(r);
-            PQclear(PQexec(c, "ROLLBACK"));
-            if (!retry) return IDV_EDB;
+            if (!exec_ok(s, "ROLLBACK", "ROLLBACK") || !retry) return IDV_EDB;
             sleep_ms(backoff);
             if (backoff < 8000) backoff *= 2;
             continue;
         }
         PQclear(r);
-        r = PQexecParams(c,
-                         "INSERT INTO idv.schema_migrations (version, name, checksum) "
-                         "VALUES ($1, $2, $3)",
-                         3, NULL, params, NULL, NULL, 0);
-        bool ok = PQresultStatus(r) == PGRES_COMMAND_OK;
-        if (!ok) fprintf(out, "migrate: recording %s failed: %s", m->name, PQerrorMessage(c));
+        r = session_run(s,
+                        "INSERT INTO idv.schema_migrations (version, name, checksum) "
+                        "VALUES ($1, $2, $3)",
+                        3, params, "recording the migration");
+        bool ok = r != NULL;
         PQclear(r);
-        if (!ok || !exec_ok(c, "COMMIT", out, "migrate", "COMMIT")) {
-            PQclear(PQexec(c, "ROLLBACK"));
+        if (!ok || !exec_ok(s, "COMMIT", "COMMIT")) {
+            /* Nothing to roll back on a lost connection: the server does. */
+            if (!s->lost) PQclear(session_exec(s, "ROLLBACK", 0, NULL, "ROLLBACK"));
             return IDV_EDB;
         }
-        fprintf(out, "migrate: applied %s\n", m->name);
-        fflush(out);
+        fprintf(s->out, "migrate: applied %s\n", m->name);
+        fflush(s->out);
         return 0;
     }
 }
@@ -182,8 +307,9 @@ static int apply_one(PGconn *c, const struct migration *m, const char *sum, FILE
  * short transaction per step (idv.history_migrate_step), then swaps the two.
  * Prints the progress every few seconds: an operator watching a move of
  * millions of rows sees that it is alive and when it should end. */
-static int move_table(PGconn *c, const char *table, FILE *out)
+static int move_table(struct session *s, const char *table)
 {
+    FILE *out = s->out;
     long blocks = MOVE_BLOCKS;
     const char *env = getenv("IDV_MIGRATE_BATCH_BLOCKS");
     if (env) {
@@ -199,10 +325,10 @@ static int move_table(PGconn *c, const char *table, FILE *out)
     double t0 = now_s(), last_print = 0;
     long long moved0 = -1;
     for (;;) {
-        PGresult *r = exec_retrying(c,
+        PGresult *r = exec_retrying(s,
                                     "SELECT phase, moved, coalesce(total, -1) "
                                     "FROM idv.history_migrate_step($1, $2::integer)",
-                                    2, params, out, "migrate", what);
+                                    2, params, what);
         if (!r) return IDV_EDB;
         char phase[16];
         snprintf(phase, sizeof phase, "%s", PQgetvalue(r, 0, 0));
@@ -227,17 +353,17 @@ static int move_table(PGconn *c, const char *table, FILE *out)
         }
         fflush(out);
         if (!strcmp(phase, "drop")) {
-            PGresult *s =
-                PQexecParams(c,
-                             "SELECT round(swap_ms::numeric, 1) FROM idv.history_migration "
-                             "WHERE table_name = $1",
-                             1, NULL, params, NULL, NULL, 0);
+            PGresult *sw = session_run(s,
+                                       "SELECT round(swap_ms::numeric, 1) FROM "
+                                       "idv.history_migration WHERE table_name = $1",
+                                       1, params, "reading the swap's lock time");
+            if (!sw && s->lost) return IDV_EDB;
             fprintf(out,
                     "migrate: idv.%s: %s rows moved in %.1f s; swapped in, holding its lock %s "
                     "ms\n",
                     table, fmt_count(a, sizeof a, moved), t - t0,
-                    result_ok(s) && PQntuples(s) == 1 ? PQgetvalue(s, 0, 0) : "?");
-            PQclear(s);
+                    sw && PQntuples(sw) == 1 ? PQgetvalue(sw, 0, 0) : "?");
+            PQclear(sw);
         }
         if (!strcmp(phase, "done")) {
             fprintf(out, "migrate: idv.%s is partitioned\n", table);
@@ -248,74 +374,80 @@ static int move_table(PGconn *c, const char *table, FILE *out)
 
 /* The moves sql/0006 started and that are not finished (this run's, or one an
  * interrupted run left). */
-static int move_history(PGconn *c, FILE *out)
+static int move_history(struct session *s)
 {
-    PGresult *r = PQexec(c, "SELECT table_name FROM idv.history_migration "
-                            "WHERE phase <> 'done' ORDER BY table_name");
-    if (!result_ok(r)) {
-        fprintf(out, "migrate: reading idv.history_migration failed: %s", PQerrorMessage(c));
-        PQclear(r);
-        return IDV_EDB;
-    }
+    PGresult *r = session_run(s,
+                              "SELECT table_name FROM idv.history_migration "
+                              "WHERE phase <> 'done' ORDER BY table_name",
+                              0, NULL, "reading idv.history_migration");
+    if (!r) return IDV_EDB;
     int rc = 0;
     if (PQntuples(r) > 0) {
-        PGresult *t = PQexec(c, "SELECT round(max(trigger_ms)::numeric, 1) FROM "
-                                "idv.history_migration WHERE next_block = 0 AND phase = 'copy'");
-        if (result_ok(t) && !PQgetisnull(t, 0, 0))
-            fprintf(out,
+        PGresult *t = session_run(s,
+                                  "SELECT round(max(trigger_ms)::numeric, 1) FROM "
+                                  "idv.history_migration WHERE next_block = 0 AND phase = 'copy'",
+                                  0, NULL, "reading idv.history_migration");
+        if (t && !PQgetisnull(t, 0, 0))
+            fprintf(s->out,
                     "migrate: the copy triggers were installed holding SHARE ROW EXCLUSIVE on "
                     "the history tables for %s ms\n",
                     PQgetvalue(t, 0, 0));
         PQclear(t);
-        if (!exec_ok(c, MIGRATE_LOCK_TIMEOUT, out, "migrate", "lock_timeout")) rc = IDV_EDB;
+        if (!exec_ok(s, MIGRATE_LOCK_TIMEOUT, "lock_timeout")) rc = IDV_EDB;
     }
-    for (int i = 0; rc == 0 && i < PQntuples(r); i++) rc = move_table(c, PQgetvalue(r, i, 0), out);
+    for (int i = 0; rc == 0 && i < PQntuples(r); i++) rc = move_table(s, PQgetvalue(r, i, 0));
     PQclear(r);
-    PQclear(PQexec(c, "RESET lock_timeout"));
+    if (rc == 0 && !exec_ok(s, "RESET lock_timeout", "lock_timeout")) rc = IDV_EDB;
     return rc;
 }
 
 /* Takes the advisory lock key (a decimal constant) for the session. When
- * another session holds it: with wait, says so and waits; without, returns
- * with *taken false. Returns false (message printed) on a database error. */
-static bool advisory_lock(PGconn *c, const char *key, bool wait, FILE *out, const char *who,
-                          bool *taken)
+ * another session holds it: with wait, says so and asks again every second
+ * (each ask answered within the deadline: a wait for another run, however
+ * long, is not mistaken for a cut network, nor a cut network for a wait);
+ * without, returns with *taken false. Returns false (message printed) on a
+ * database error. */
+static bool advisory_lock(struct session *s, const char *key, bool wait, bool *taken)
 {
     char sql[96];
     snprintf(sql, sizeof sql, "SELECT pg_try_advisory_lock(%s)", key);
     *taken = false;
-    PGresult *r = PQexec(c, sql);
-    if (!result_ok(r)) {
-        fprintf(out, "%s: advisory lock failed: %s", who, PQerrorMessage(c));
+    for (bool said = false;; said = true) {
+        PGresult *r = session_run(s, sql, 0, NULL, "advisory lock");
+        if (!r) return false;
+        *taken = strcmp(PQgetvalue(r, 0, 0), "t") == 0;
         PQclear(r);
-        return false;
+        if (*taken || !wait) return true;
+        if (!said) {
+            fprintf(s->out, "%s: another %s is running; waiting for it\n", s->who, s->who);
+            fflush(s->out);
+        }
+        sleep_ms(1000);
     }
-    *taken = strcmp(PQgetvalue(r, 0, 0), "t") == 0;
-    PQclear(r);
-    if (*taken || !wait) return true;
-    fprintf(out, "%s: another %s is running; waiting for it\n", who, who);
-    fflush(out);
-    snprintf(sql, sizeof sql, "SELECT pg_advisory_lock(%s)", key);
-    if (!exec_ok(c, sql, out, who, "advisory lock")) return false;
-    *taken = true;
-    return true;
 }
 
-int migrate_run(const char *conninfo, FILE *out)
+/* Releases the session's advisory locks, unless the connection is lost
+ * (closing it releases them). */
+static void advisory_unlock_all(struct session *s)
 {
-    PGconn *c = connect_db(conninfo, "idv-callbackd migrate", out, "migrate");
-    if (!c) return IDV_EDB;
+    if (!s->lost) PQclear(session_run(s, "SELECT pg_advisory_unlock_all()", 0, NULL, "unlock"));
+}
+
+int migrate_run(const char *conninfo, long timeout_ms, FILE *out)
+{
+    struct session s = {.out = out, .who = "migrate", .timeout_ms = timeout_ms};
+    if (!session_connect(&s, conninfo, "idv-callbackd migrate")) return IDV_EDB;
     int rc = IDV_EDB;
     bool locked;
     /* Several instances may run this at once: one applies, the others wait and
      * then find nothing left to do. */
-    if (!advisory_lock(c, MIGRATE_LOCK_KEY, true, out, "migrate", &locked)) goto done;
-    if (!exec_ok(c,
+    if (!advisory_lock(&s, MIGRATE_LOCK_KEY, true, &locked)) goto done;
+    if (!exec_ok(&s,
                  "CREATE SCHEMA IF NOT EXISTS idv;"
                  "CREATE TABLE IF NOT EXISTS idv.schema_migrations ("
                  " version integer PRIMARY KEY, name text NOT NULL, checksum text NOT NULL,"
                  " applied_at timestamptz NOT NULL DEFAULT now())",
-                 out, "migrate", "bootstrap"))
+                 "bootstrap"))
         goto unlock;
 
     unsigned applied = 0;
@@ -328,13 +460,9 @@ int migrate_run(const char *conninfo, FILE *out)
         snprintf(v, sizeof v, "%d", m->version);
         const char *params[1] = {v};
         PGresult *r =
-            PQexecParams(c, "SELECT checksum FROM idv.schema_migrations WHERE version = $1", 1,
-                         NULL, params, NULL, NULL, 0);
-        if (PQresultStatus(r) != PGRES_TUPLES_OK) {
-            fprintf(out, "migrate: reading idv.schema_migrations failed: %s", PQerrorMessage(c));
-            PQclear(r);
-            goto unlock;
-        }
+            session_run(&s, "SELECT checksum FROM idv.schema_migrations WHERE version = $1", 1,
+                        params, "reading idv.schema_migrations");
+        if (!r) goto unlock;
         if (PQntuples(r) == 1) {
             if (strcmp(PQgetvalue(r, 0, 0), sum) != 0)
                 fprintf(out,
@@ -344,17 +472,17 @@ int migrate_run(const char *conninfo, FILE *out)
             continue;
         }
         PQclear(r);
-        if (apply_one(c, m, sum, out) != 0) goto unlock;
+        if (apply_one(&s, m, sum) != 0) goto unlock;
         applied++;
     }
-    if (move_history(c, out) != 0) goto unlock;
+    if (move_history(&s) != 0) goto unlock;
     fprintf(out, "migrate: schema version %d, %u migration(s) applied now\n",
             migrate_latest_version(), applied);
     rc = 0;
 unlock:
-    PQclear(PQexec(c, "SELECT pg_advisory_unlock(" MIGRATE_LOCK_KEY ")"));
+    advisory_unlock_all(&s);
 done:
-    PQfinish(c);
+    PQfinish(s.c);
     return rc;
 }
 
@@ -374,23 +502,25 @@ static void print_lines(PGresult *r, FILE *out, bool *repair_needed)
 
 /* Turns the rows a DEFAULT partition caught into a partition, a step per
  * transaction (see idv.history_repair_default). */
-static int repair_default(PGconn *c, const char *part, FILE *out)
+static int repair_default(struct session *s, const char *part)
 {
     const char *params[1] = {part};
     for (int step = 0; step < 8; step++) {
-        PGresult *r = exec_retrying(c, "SELECT action, again FROM idv.history_repair_default($1)",
-                                    1, params, out, "maintain", "repairing the default partition");
+        PGresult *r = exec_retrying(s, "SELECT action, again FROM idv.history_repair_default($1)",
+                                    1, params, "repairing the default partition");
         if (!r) {
             /* A fence left standing would refuse rows once time (or the xids)
-             * pass its upper bound: take it down; the next run starts over. */
-            PGresult *a = exec_retrying(c, "SELECT idv.history_repair_abort($1)", 1, params, out,
-                                        "maintain", "abandoning the repair");
-            if (a) print_lines(a, out, NULL);
+             * pass its upper bound: take it down; the next run starts over.
+             * On a lost connection the next run finishes the repair instead
+             * (the fence leaves two days). */
+            PGresult *a = exec_retrying(s, "SELECT idv.history_repair_abort($1)", 1, params,
+                                        "abandoning the repair");
+            if (a) print_lines(a, s->out, NULL);
             PQclear(a);
             return IDV_EDB;
         }
         bool again = PQntuples(r) == 1 && !strcmp(PQgetvalue(r, 0, 1), "t");
-        print_lines(r, out, NULL);
+        print_lines(r, s->out, NULL);
         PQclear(r);
         if (!again) return 0;
     }
@@ -398,55 +528,56 @@ static int repair_default(PGconn *c, const char *part, FILE *out)
 }
 
 /* Drops the partitions of a table past its retention, one transaction each. */
-static int apply_retention(PGconn *c, const char *table, long days, FILE *out)
+static int apply_retention(struct session *s, const char *table, long days)
 {
     char keep[32];
     snprintf(keep, sizeof keep, "%ld days", days);
     const char *params[3] = {table, keep, NULL};
-    PGresult *r = exec_retrying(c, "SELECT idv.history_expired_partitions($1, $2::interval)", 2,
-                                params, out, "maintain", "listing expired partitions");
+    PGresult *r = exec_retrying(s, "SELECT idv.history_expired_partitions($1, $2::interval)", 2,
+                                params, "listing expired partitions");
     if (!r) return IDV_EDB;
     int rc = 0;
     for (int i = 0; rc == 0 && i < PQntuples(r); i++) {
         const char *p[3] = {table, PQgetvalue(r, i, 0), keep};
-        PGresult *d = exec_retrying(c, "SELECT idv.history_drop_partition($1, $2, $3::interval)", 3,
-                                    p, out, "maintain", "dropping an expired partition");
+        PGresult *d = exec_retrying(s, "SELECT idv.history_drop_partition($1, $2, $3::interval)", 3,
+                                    p, "dropping an expired partition");
         if (!d) {
             rc = IDV_EDB;
             break;
         }
-        print_lines(d, out, NULL);
+        print_lines(d, s->out, NULL);
         PQclear(d);
     }
     PQclear(r);
     return rc;
 }
 
-static int maintain_table(PGconn *c, const char *table, const char *part, long days, FILE *out)
+static int maintain_table(struct session *s, const char *table, const char *part, long days)
 {
+    FILE *out = s->out;
     const char *params[1] = {part};
-    int rc = repair_default(c, part, out);
+    int rc = repair_default(s, part);
     for (int round = 0; rc == 0 && round < 2; round++) {
-        PGresult *r = exec_retrying(c,
+        PGresult *r = exec_retrying(s,
                                     "SELECT idv.history_make_partitions($1, now(), "
                                     "now() + interval '" MAINTAIN_AHEAD "')",
-                                    1, params, out, "maintain", "making partitions");
+                                    1, params, "making partitions");
         if (!r) return IDV_EDB;
         bool repair = false;
         print_lines(r, out, &repair);
         PQclear(r);
         if (!repair) break;
-        rc = repair_default(c, part, out);
+        rc = repair_default(s, part);
     }
     if (rc == 0 && days > 0) {
         if (strcmp(table, part) != 0)
             fprintf(out, "maintain: idv.%s: retention waits until migrate has finished\n", table);
         else
-            rc = apply_retention(c, table, days, out);
+            rc = apply_retention(s, table, days);
     }
     if (rc != 0) return rc;
-    PGresult *s =
-        exec_retrying(c,
+    PGresult *l =
+        exec_retrying(s,
                       "SELECT count(*) FILTER (WHERE NOT is_default),"
                       " coalesce(to_char(max(range_to) FILTER (WHERE range_to < 'infinity'"
                       " AND NOT is_default) AT TIME ZONE 'UTC', 'YYYY-MM-DD'),"
@@ -455,23 +586,23 @@ static int maintain_table(PGconn *c, const char *table, const char *part, long d
                       " AT TIME ZONE 'UTC', 'YYYY-MM-DD'),"
                       " 'xid ' || min(xid_from::text::numeric), '-')"
                       " FROM idv.history_partitions($1)",
-                      1, params, out, "maintain", "listing partitions");
-    if (!s) return IDV_EDB;
+                      1, params, "listing partitions");
+    if (!l) return IDV_EDB;
     char keep[48] = "off: keeps everything";
     if (days > 0) snprintf(keep, sizeof keep, "%ld days", days);
     fprintf(out, "maintain: idv.%s: %s partitions, from %s to %s; retention %s\n", table,
-            PQgetvalue(s, 0, 0), PQgetvalue(s, 0, 2), PQgetvalue(s, 0, 1), keep);
-    PQclear(s);
+            PQgetvalue(l, 0, 0), PQgetvalue(l, 0, 2), PQgetvalue(l, 0, 1), keep);
+    PQclear(l);
     return 0;
 }
 
 int migrate_maintain(const char *conninfo, const struct maintain_opts *opts, FILE *out)
 {
-    PGconn *c = connect_db(conninfo, "idv-callbackd maintain", out, "maintain");
-    if (!c) return IDV_EDB;
+    struct session s = {.out = out, .who = "maintain", .timeout_ms = opts->timeout_ms};
+    if (!session_connect(&s, conninfo, "idv-callbackd maintain")) return IDV_EDB;
     int rc = IDV_EDB;
     bool locked;
-    if (!advisory_lock(c, MAINTAIN_LOCK_KEY, false, out, "maintain", &locked)) goto done;
+    if (!advisory_lock(&s, MAINTAIN_LOCK_KEY, false, &locked)) goto done;
     if (!locked) {
         /* Two timers that fire together (several hosts): one does the work. */
         fprintf(out, "maintain: another maintain is running; nothing to do\n");
@@ -480,26 +611,32 @@ int migrate_maintain(const char *conninfo, const struct maintain_opts *opts, FIL
     }
     /* Not while migrate runs (it renames the tables maintain works on): a
      * shared hold of migrate's lock, which migrate takes exclusively. */
-    PGresult *m = PQexec(c, "SELECT pg_try_advisory_lock_shared(" MIGRATE_LOCK_KEY ")");
-    bool free_of_migrate = result_ok(m) && !strcmp(PQgetvalue(m, 0, 0), "t");
+    PGresult *m = session_run(&s, "SELECT pg_try_advisory_lock_shared(" MIGRATE_LOCK_KEY ")", 0,
+                              NULL, "advisory lock");
+    if (!m) goto unlock;
+    bool free_of_migrate = !strcmp(PQgetvalue(m, 0, 0), "t");
     PQclear(m);
     if (!free_of_migrate) {
         fprintf(out, "maintain: migrate is running; nothing to do\n");
         rc = 0;
         goto unlock;
     }
-    if (!exec_ok(c, MAINTAIN_LOCK_TIMEOUT, out, "maintain", "lock_timeout")) goto unlock;
+    if (!exec_ok(&s, MAINTAIN_LOCK_TIMEOUT, "lock_timeout")) goto unlock;
     /* Until migrate has swapped a table in, its partitioned successor is
      * idv.<table>_new: that one needs partitions ahead already. */
-    PGresult *r = PQexec(c, "SELECT h.table_name, CASE WHEN c.relkind = 'p' THEN h.table_name"
-                            " ELSE h.table_name || '_new' END"
-                            " FROM idv.history_tables h"
-                            " LEFT JOIN pg_class c ON c.oid = to_regclass('idv.' || h.table_name)");
-    if (!result_ok(r)) {
-        fprintf(out,
-                "maintain: the schema has no partitioned history (run: idv-callbackd "
-                "migrate): %s",
-                PQerrorMessage(c));
+    PGresult *r = session_exec(&s,
+                               "SELECT h.table_name, CASE WHEN c.relkind = 'p' THEN h.table_name"
+                               " ELSE h.table_name || '_new' END"
+                               " FROM idv.history_tables h"
+                               " LEFT JOIN pg_class c ON c.oid = to_regclass('idv.' ||"
+                               " h.table_name)",
+                               0, NULL, "reading idv.history_tables");
+    if (!r || !result_ok(r)) {
+        if (r && !s.lost)
+            session_error(&s, "the schema has no partitioned history (run: idv-callbackd "
+                              "migrate); reading idv.history_tables");
+        else if (!s.reported)
+            session_error(&s, "reading idv.history_tables");
         PQclear(r);
         goto unlock;
     }
@@ -507,12 +644,12 @@ int migrate_maintain(const char *conninfo, const struct maintain_opts *opts, FIL
     for (int t = 0; rc == 0 && t < MAINTAIN_TABLES; t++)
         for (int i = 0; rc == 0 && i < PQntuples(r); i++)
             if (!strcmp(PQgetvalue(r, i, 0), history_tables[t]))
-                rc = maintain_table(c, history_tables[t], PQgetvalue(r, i, 1),
-                                    opts->retention_days[t], out);
+                rc = maintain_table(&s, history_tables[t], PQgetvalue(r, i, 1),
+                                    opts->retention_days[t]);
     PQclear(r);
 unlock:
-    PQclear(PQexec(c, "SELECT pg_advisory_unlock_all()"));
+    advisory_unlock_all(&s);
 done:
-    PQfinish(c);
+    PQfinish(s.c);
     return rc;
 }

@@ -561,21 +561,15 @@ def apply_up_to(pg, last):
                 f" ({int(m.group(1))}, '{f[:-4]}', '{hashlib.sha256(data).hexdigest()}')")
 
 
-def case_migrate_in_place(ctx):
-    """An installation from before sql/0006 with history, callbacks recorded
-    all along: `migrate` (two at once) moves the rows in batches, printing
-    its progress, and swaps each table in with a short lock; no row is lost or
-    doubled, ids are kept and go on, a consumer reads every event once across
-    the migration, and the history is partitioned afterwards."""
-    pg = ctx.pg(schema=False)
-    apply_up_to(pg, 5)
-    pg.psql("CREATE ROLE idvapp LOGIN IN ROLE idv_daemon; CREATE ROLE consumer LOGIN"
-            " IN ROLE idv_reader")
-    idvtest.register_bulk(pg, 1200, prefix="mg", salt="migrate-salt")
-    for back in (3, 2, 1):
+def old_history(pg, months):
+    """History of the transactions mg%, written as a daemon from before
+    sql/0006 would have: over the last `months` months (each transaction in
+    one of them), two callback events, a passed event and a CheckResult
+    each."""
+    for back in range(months, 0, -1):
         pg.psql(f"""
             WITH t AS (SELECT id, transaction_id, merchant_biz_id FROM idv.transactions
-                       WHERE transaction_id LIKE 'mg%' AND id % 3 = {back - 1}),
+                       WHERE transaction_id LIKE 'mg%' AND id % {months} = {back - 1}),
                  ce AS (INSERT INTO idv.callback_events (received_at, outcome, transaction_id,
                             passed, sub_code, client_ip, instance)
                         SELECT now() - interval '{back} months' + t.id * interval '1 second',
@@ -591,6 +585,20 @@ def case_migrate_in_place(ctx):
             SELECT t.id, t.transaction_id,
                    now() - interval '{back} months' + t.id * interval '1 second', 'Y', '200',
                    'old' FROM t""")
+
+
+def case_migrate_in_place(ctx):
+    """An installation from before sql/0006 with history, callbacks recorded
+    all along: `migrate` (two at once) moves the rows in batches, printing
+    its progress, and swaps each table in with a short lock; no row is lost or
+    doubled, ids are kept and go on, a consumer reads every event once across
+    the migration, and the history is partitioned afterwards."""
+    pg = ctx.pg(schema=False)
+    apply_up_to(pg, 5)
+    pg.psql("CREATE ROLE idvapp LOGIN IN ROLE idv_daemon; CREATE ROLE consumer LOGIN"
+            " IN ROLE idv_reader")
+    idvtest.register_bulk(pg, 1200, prefix="mg", salt="migrate-salt")
+    old_history(pg, 3)
     before = {t: pg.psql(f"SELECT count(*) || ' ' || sum(id) || ' ' || max(id) FROM idv.{t}")
               for t in TABLES}
     consumer = Consumer(pg, page=1000)

@@ -18,9 +18,14 @@ issue's full burst with, e.g.:
 (IDV_SLOWDB_LATENCY_MS=0: no proxy, the standby's commit wait alone;
 IDV_SLOWDB_TWO_HOSTS=1: a database_url naming the primary and the standby.)
 """
+import collections
+import hashlib
 import json
 import os
+import re
+import subprocess
 import sys
+import threading
 import time
 import uuid
 
@@ -31,6 +36,8 @@ import idvtest  # noqa: E402
 import slowdb  # noqa: E402
 from idvtest import check, check_eq, metric_value, wait_until  # noqa: E402
 from netproxy import NetProxy  # noqa: E402
+from test_partitions import (RETENTION_KEYS, TABLES, apply_up_to, old_history,  # noqa: E402
+                             partitions)
 
 N = int(os.environ.get("IDV_SLOWDB_N", "120"))
 THREADS = int(os.environ.get("IDV_SLOWDB_THREADS", "16"))
@@ -256,6 +263,324 @@ def case_lost_connection_logs(ctx):
               f"the server's FATAL and its SQLSTATE: {l}")
     pool_whole()
     d.stop_clean()
+
+
+# ---- partition maintenance and migration on the sync pair -----------------------
+
+# maintain's deadline for one step in these cases (maintain_timeout_ms): a
+# step over the slow link takes milliseconds; a cut one is given up after this.
+MAINTAIN_TIMEOUT_MS = 3000
+
+
+class Maintain:
+    """`idv-callbackd maintain` running in the background as idvapp through
+    url, its output read line by line as it comes."""
+
+    def __init__(self, url):
+        env = dict(os.environ, IDV_DATABASE_URL=url,
+                   IDV_MAINTAIN_TIMEOUT_MS=str(MAINTAIN_TIMEOUT_MS))
+        for k in RETENTION_KEYS.values():
+            env.pop(k, None)
+        self.proc = subprocess.Popen([idvtest.BIN, "maintain"], env=env, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True)
+        self.lines = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def wait(self, timeout=30):
+        """(exit status, output); a run still going after timeout seconds
+        (ten deadlines) is killed and the case fails: a wait without end."""
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            self.reader.join(10)
+            raise idvtest.TestFailure(f"maintain still running after {timeout} s (killed);"
+                                      " output:\n" + "\n".join(self.lines))
+        self.reader.join(10)
+        out = "\n".join(self.lines)
+        print(f"maintain: exit status {self.proc.returncode}; output:\n{out}", flush=True)
+        return self.proc.returncode, out
+
+
+def caught_up(db):
+    """Waits until the standby has replayed all the primary wrote so far."""
+    lsn = db.primary.psql("SELECT pg_current_wal_lsn()")
+    wait_until(lambda: db.standby.psql(f"SELECT pg_last_wal_replay_lsn() >= '{lsn}'::pg_lsn")
+               == "t", 60, what="the standby to replay the primary's WAL")
+
+
+# What a maintain step cut half-way could leave behind, were a step not one
+# transaction: a partition without an index of its parent or without its
+# TRUNCATE guard, a table made for a partition and never attached, the fence
+# of a DEFAULT-partition repair.
+HALF_MADE_SQL = r"""
+SELECT 'partition ' || c.relname || ' lacks ' || pi.indexrelid::regclass::text
+FROM idv.history_tables h
+JOIN pg_inherits i ON i.inhparent = to_regclass('idv.' || h.table_name)
+JOIN pg_class c ON c.oid = i.inhrelid
+JOIN pg_index pi ON pi.indrelid = i.inhparent
+WHERE NOT EXISTS (SELECT 1 FROM pg_inherits ii JOIN pg_index ci ON ci.indexrelid = ii.inhrelid
+                  WHERE ii.inhparent = pi.indexrelid AND ci.indrelid = c.oid)
+UNION ALL
+SELECT 'partition ' || c.relname || ' without its TRUNCATE guard'
+FROM idv.history_tables h
+JOIN pg_inherits i ON i.inhparent = to_regclass('idv.' || h.table_name)
+JOIN pg_class c ON c.oid = i.inhrelid
+WHERE NOT EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = c.oid
+                  AND t.tgname LIKE '%no\_truncate')
+UNION ALL
+SELECT 'table ' || c.relname || ' named as a partition but not one'
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = 'idv' AND c.relkind = 'r' AND NOT c.relispartition
+  AND c.relname ~ '^(callback_events|transaction_events|check_results)_(p\d{8}|pmin|x\d+|default)$'
+UNION ALL
+SELECT 'fence ' || k.conname || ' left standing'
+FROM pg_constraint k JOIN pg_namespace n ON n.oid = k.connamespace
+WHERE n.nspname = 'idv' AND k.conname LIKE '%\_fence'
+UNION ALL
+SELECT 'repair of ' || table_name || ' left half-way' FROM idv.history_tables
+WHERE fence_from IS NOT NULL
+"""
+
+
+def half_made(pg):
+    out = pg.psql(HALF_MADE_SQL)
+    return out.splitlines() if out else []
+
+
+def partitions_ahead(pg, table=None):
+    """Names of the partitions wholly ahead: from a time after now, or an xid
+    past the next one."""
+    where = f" AND h.table_name = '{table}'" if table else ""
+    return {r[0] for r in pg.rows(
+        "SELECT p.partition_name FROM idv.history_tables h, idv.history_partitions(h.table_name) p"
+        " WHERE NOT p.is_default AND (p.range_from > now()"
+        " OR p.xid_from > pg_snapshot_xmax(pg_current_snapshot()))" + where)}
+
+
+def check_answers(db, answers, label):
+    """Every callback answered 200 or 503, some 200; every 200 committed on
+    the primary and, replayed, on the standby."""
+    counts = collections.Counter(a.status for a in answers)
+    print(f"{label}: {len(answers)} callbacks answered: {dict(counts)}", flush=True)
+    check(set(counts) <= {200, 503}, f"{label}: answers other than 200 or 503: {dict(counts)};"
+          f" e.g. {[a for a in answers if a.status not in (200, 503)][:3]}")
+    check(counts[200] > 0, f"{label}: no callback accepted")
+    check_eq(slowdb.missing_acknowledged(db.primary, answers), [],
+             f"{label}: callbacks answered 200 and not recorded on the primary")
+    caught_up(db)
+    check_eq(slowdb.missing_acknowledged(db.standby, answers), [],
+             f"{label}: callbacks answered 200 and not recorded on the standby")
+
+
+def case_maintain_on_sync_standby(ctx):
+    """`maintain` as production runs it: as the daemon's role, over a slow
+    link to a primary with a synchronous standby, while a daemon on the same
+    link takes callbacks.
+    1. The partitions ahead (dropped beforehand) are made again, on the
+       primary and, replayed, on the standby, none half-made.
+    2. The link cut while maintain waits for a lock (check_results held in
+       SHARE by another session), first as a black hole (nothing answers:
+       maintain gives up at its deadline), then as a reset: maintain exits
+       non-zero with one clear line, leaves nothing half-made and makes
+       nothing of the step that was cut (a run started in the black hole
+       gives up connecting); the next run, the link back, makes what was
+       missing, on the standby too.
+    Throughout, every callback is answered 200 or 503 (the cut), and every 200
+    is recorded on the primary and on the standby."""
+    db = slowdb.slow_db(ctx, LATENCY_MS, LATENCY_MS)
+    pg = db.primary
+    url = db.url()
+    d = ctx.daemon(name="idv", database_url=url, db_pool_size=POOL, db_timeout_ms=TIMEOUT_MS)
+    ahead = partitions_ahead(pg)
+    for t in TABLES:
+        check(any(p.startswith(t + "_") for p in ahead), f"{t}: partitions ahead: {ahead}")
+    pg.psql("; ".join(f"DROP TABLE idv.{p}" for p in sorted(ahead)))
+    check_eq(partitions_ahead(pg), set(), "no partition ahead left")
+    txs = idvtest.register_bulk(pg, 200, prefix="mt", salt=salt("maintain"))
+    load = slowdb.SteadyLoad([("idv", d.public_port, d.admin_port)], txs, callback_threads=4,
+                             register_threads=0, pause=0.005)
+    ctx.cleanups.append(load.stopping.set)
+    load.start()
+    load.wait(lambda a: a.status == 200, 20, 60, "callbacks before maintain")
+
+    # 1. maintain while the callbacks come.
+    rc, out = Maintain(url).wait()
+    check_eq(rc, 0, "maintain's exit status")
+    n = len(load.snapshot())
+    load.wait(lambda a: True, n + 20, 60, "callbacks after maintain")
+    created = set(re.findall(r"^maintain: created partition idv\.(\w+) ", out, re.M))
+    for t in TABLES:
+        check(any(p.startswith(t + "_") for p in created), f"{t}: partitions made: {created}")
+    time_ahead = {p for p in ahead if not p.startswith("transaction_events_")}
+    check(time_ahead <= created, f"the months ahead made again: {time_ahead - created} missing")
+    made = partitions(pg)
+    caught_up(db)
+    check_eq(partitions(db.standby), made, "the standby's partitions")
+    check_eq(half_made(pg), [], "half-made on the primary")
+    check_eq(half_made(db.standby), [], "half-made on the standby")
+
+    # 2. The link cut while maintain waits for its lock on check_results.
+    cr_ahead = partitions_ahead(pg, "check_results")
+    check(cr_ahead, "check_results has partitions ahead")
+    pg.psql("; ".join(f"DROP TABLE idv.{p}" for p in sorted(cr_ahead)))
+    holder = subprocess.Popen(["psql", "-X", "-A", "-t", "-q", "-h", pg.sock, "-p", str(pg.port),
+                               "-U", "postgres", "-d", "postgres"], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    ctx.cleanups.append(holder.kill)
+    holder.stdin.write("BEGIN;\nLOCK TABLE idv.check_results IN SHARE MODE;\nSELECT 'locked';\n")
+    holder.stdin.flush()
+    check_eq(holder.stdout.readline().strip(), "locked", "check_results held in SHARE")
+
+    def maintain_backends(waiting=False):
+        return int(pg.psql("SELECT count(*) FROM pg_stat_activity WHERE application_name ="
+                           " 'idv-callbackd maintain'"
+                           + (" AND wait_event_type = 'Lock'" if waiting else "")))
+
+    def cut(how):
+        m = Maintain(url)
+        wait_until(lambda: maintain_backends(waiting=True) == 1, 30, 0.02,
+                   what="maintain waiting for its lock on check_results")
+        if how == "blackhole":
+            db.proxy.blackhole(True)
+            rc, out = m.wait()
+            # A run started in the black hole: its connection has the deadline too.
+            crc, cout = Maintain(url).wait()
+            check(crc != 0 and re.fullmatch(r"maintain: cannot connect: .*timeout expired", cout),
+                  f"a maintain started in the black hole: {crc}, {cout}")
+            db.proxy.reset()  # what the black hole held goes nowhere
+            db.proxy.blackhole(False)
+        else:
+            db.proxy.reset()
+            rc, out = m.wait()
+        check(rc != 0, f"{how}: maintain's exit status {rc}")
+        lines = out.splitlines()
+        check(all(l.startswith("maintain: ") for l in lines),
+              f"{how}: every line of maintain's output its own message:\n{out}")
+        # The server ends the cut session when its lock wait times out and it
+        # finds the connection gone: then maintain's advisory lock is free.
+        wait_until(lambda: maintain_backends() == 0, 30, what="the cut session to end")
+        return lines[-1]
+
+    last = cut("blackhole")
+    check(re.fullmatch(r"maintain: making partitions: no answer from the database within"
+                       rf" {MAINTAIN_TIMEOUT_MS // 1000} s; .*", last),
+          f"black hole: maintain's last line: {last}")
+    last = cut("reset")
+    check(re.fullmatch(r"maintain: making partitions failed: \S.*", last) and "\t" not in last,
+          f"reset: maintain's last line: {last}")
+    holder.communicate("COMMIT;\n\\q\n", timeout=30)
+    check_eq(half_made(pg), [], "half-made after the cuts")
+    check_eq(partitions_ahead(pg, "check_results"), set(),
+             "the cut step made nothing of check_results")
+    t_back = time.monotonic()
+    rc, out = Maintain(url).wait()
+    check_eq(rc, 0, "maintain's exit status, the link back")
+    created = set(re.findall(r"^maintain: created partition idv\.(\w+) ", out, re.M))
+    check_eq({p for p in created if p.startswith("check_results_")}, cr_ahead,
+             "the next run made what was missing")
+    load.wait(lambda a: a.status == 200 and a.sent > t_back, 20, 60,
+              "callbacks accepted again, the link back")
+    load.stop()
+    made = partitions(pg)
+    caught_up(db)
+    check_eq(partitions(db.standby), made, "the standby's partitions")
+    check_eq(half_made(db.standby), [], "half-made on the standby")
+    check_answers(db, load.snapshot(), "maintain")
+    d.stop_clean()
+
+
+def case_migrate_on_sync_standby(ctx):
+    """`migrate` of an installation at schema 5 over the slow link to a
+    primary with a synchronous standby, callbacks recorded through the same
+    link during the whole migration as a daemon of the previous version would
+    (idv.record_callbacks, 10 a transaction): it completes; no row is lost
+    or doubled; the standby has the partitioned tables and every row."""
+    db = slowdb.slow_db(ctx, LATENCY_MS, LATENCY_MS, schema=False)
+    pg = db.primary
+    apply_up_to(pg, 5)
+    pg.psql("CREATE ROLE idvapp LOGIN IN ROLE idv_daemon")
+    idvtest.register_bulk(pg, 600, prefix="mg", salt="migrate-salt")
+    old_history(pg, 2)
+    before = {t: pg.psql(f"SELECT count(*) || ' ' || sum(id) || ' ' || max(id) FROM idv.{t}")
+              for t in TABLES}
+    fresh = idvtest.register_bulk(pg, 500, prefix="live", salt="live-migrate")
+    batches = [fresh[i:i + 10] for i in range(0, len(fresh), 10)]
+    stop = threading.Event()
+    accepted, errors = [], []
+
+    def writer():
+        for b in batches:
+            if stop.is_set():
+                break
+            arr = lambda xs: "ARRAY[" + ", ".join(f"'{x}'" for x in xs) + "]"  # noqa: E731
+            dg = [hashlib.sha256(tok.encode()).hexdigest() for _, tok in b]
+            sql = (f"SELECT outcome FROM idv.record_callbacks({arr(tx for tx, _ in b)},"
+                   f" {arr(dg)}, {arr('Y' for _ in b)}, {arr('200' for _ in b)},"
+                   f" {arr('192.0.2.10' for _ in b)}, 'live', true)")
+            r = subprocess.run(["psql", "-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1",
+                                "-h", "127.0.0.1", "-p", str(db.proxy.port), "-U", "idvapp",
+                                "-d", "postgres", "-c", sql], capture_output=True, text=True)
+            if r.returncode == 0:
+                accepted.extend(zip((tx for tx, _ in b), r.stdout.split()))
+            else:
+                errors.append(r.stderr.strip())
+
+    th = threading.Thread(target=writer, daemon=True)
+    th.start()
+    wait_until(lambda: len(accepted) >= 30 or not th.is_alive(), 60,
+               what="callbacks before the migration")
+    env = dict(os.environ, IDV_DATABASE_URL=db.url(user="postgres"),
+               IDV_MIGRATE_BATCH_BLOCKS="2")
+    n0 = len(accepted)
+    r = subprocess.run([idvtest.BIN, "migrate"], env=env, stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, text=True, timeout=120)
+    n = len(accepted)
+    print(f"migrate: exit status {r.returncode}; {n - n0} callbacks recorded while it ran;"
+          f" output:\n{r.stdout}", flush=True)
+    wait_until(lambda: len(accepted) >= n + 30 or not th.is_alive(), 60,
+               what="callbacks after the migration")
+    stop.set()
+    th.join(60)
+    check_eq(r.returncode, 0, "migrate's exit status")
+    check("1 migration(s) applied now" in r.stdout, "0006 applied")
+    for t in TABLES:
+        check(re.search(rf"idv\.{t}: [\d,]+ rows moved in [\d.]+ s; swapped in", r.stdout),
+              f"{t}: moved and swapped")
+    check_eq(errors, [], "callbacks that failed")
+    check(len(accepted) > n, "callbacks recorded after the migration")
+    check_eq({o for _, o in accepted}, {"accepted"}, "outcomes")
+    for t in TABLES:
+        old = pg.psql(f"SELECT count(*) || ' ' || sum(id) || ' ' || max(id) FROM idv.{t}"
+                      f" WHERE id <= {before[t].split()[2]}")
+        check_eq(old, before[t], f"{t}: the rows from before, ids kept")
+        check_eq(pg.psql(f"SELECT count(DISTINCT id) = count(*) FROM idv.{t}"), "t",
+                 f"{t}: ids unique")
+    check_eq(pg.psql("SELECT count(*) FROM idv.callback_events WHERE instance = 'live'"),
+             str(len(accepted)), "one audit row per callback during the migration")
+    check_eq(pg.psql("SELECT count(*) FROM idv.transaction_events e JOIN idv.transactions t"
+                     " ON t.id = e.tx WHERE t.transaction_id LIKE 'live%'"
+                     " AND e.status = 'passed'"), str(len(accepted)), "one status event each")
+    counts = pg.psql("SELECT " + ", ".join(f"(SELECT count(*) || ' ' || sum(id) FROM idv.{t})"
+                                           for t in TABLES))
+    caught_up(db)
+    for who, c in (("primary", pg), ("standby", db.standby)):
+        for t in TABLES:
+            check_eq(c.psql(f"SELECT relkind FROM pg_class WHERE oid = 'idv.{t}'::regclass"),
+                     "p", f"{who}: {t} partitioned")
+        check_eq(c.psql("SELECT count(*) FROM pg_class WHERE relname LIKE '%unpartitioned%'"
+                        " OR relname LIKE '%\\_new'"), "0", f"{who}: old tables and names gone")
+        check_eq(half_made(c), [], f"{who}: half-made")
+    check_eq(partitions(db.standby), partitions(pg), "the standby's partitions")
+    check_eq(db.standby.psql("SELECT " + ", ".join(
+        f"(SELECT count(*) || ' ' || sum(id) FROM idv.{t})" for t in TABLES)), counts,
+        "the standby's history rows")
 
 
 if __name__ == "__main__":

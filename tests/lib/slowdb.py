@@ -25,12 +25,14 @@ from netproxy import NetProxy
 
 
 def sync_pair(ctx, sync=True, primary_name="primary", standby_name="standby",
-              app_name="standby1"):
-    """A primary with the schema and a streaming standby of it; with sync the
-    standby is synchronous (FIRST 1 of it), else asynchronous. Returns
-    (primary, standby) once the standby streams in the wanted mode."""
-    primary = ctx.pg(primary_name, settings={"wal_level": "replica", "max_wal_senders": "4",
-                                             "wal_keep_size": "'512MB'"})
+              app_name="standby1", schema=True):
+    """A primary with the schema (none without schema) and a streaming standby
+    of it; with sync the standby is synchronous (FIRST 1 of it), else
+    asynchronous. Returns (primary, standby) once the standby streams in the
+    wanted mode."""
+    primary = ctx.pg(primary_name, schema=schema,
+                     settings={"wal_level": "replica", "max_wal_senders": "4",
+                               "wal_keep_size": "'512MB'"})
     primary.allow_replication()
     primary.psql("SELECT pg_reload_conf()")
     standby = ctx.standby(primary, standby_name, app_name=app_name)
@@ -53,11 +55,11 @@ class SlowDb:
     """A primary (with a synchronous standby unless standby=False) reached
     through a proxy that adds up_ms/down_ms to every packet each way."""
 
-    def __init__(self, ctx, up_ms=0, down_ms=0, standby=True, proxy=True):
+    def __init__(self, ctx, up_ms=0, down_ms=0, standby=True, proxy=True, schema=True):
         if standby:
-            self.primary, self.standby = sync_pair(ctx)
+            self.primary, self.standby = sync_pair(ctx, schema=schema)
         else:
-            self.primary, self.standby = ctx.pg("primary"), None
+            self.primary, self.standby = ctx.pg("primary", schema=schema), None
         self.proxy = None
         if proxy:
             self.proxy = NetProxy(self.primary.port, up_ms=up_ms, down_ms=down_ms)
@@ -74,8 +76,8 @@ class SlowDb:
         return f"host=127.0.0.1 port={port} user={user} dbname=postgres"
 
 
-def slow_db(ctx, up_ms=0, down_ms=0, standby=True, proxy=True):
-    return SlowDb(ctx, up_ms, down_ms, standby, proxy)
+def slow_db(ctx, up_ms=0, down_ms=0, standby=True, proxy=True, schema=True):
+    return SlowDb(ctx, up_ms, down_ms, standby, proxy, schema)
 
 
 Reply = collections.namedtuple("Reply", "i status body sent got retry_after")

@@ -321,12 +321,14 @@ static void integer_out_of_range(void)
 }
 
 /* The retention keys of `maintain`: 0 (keep everything) by default, days up
- * to a hundred years, a negative or absurd value named. */
+ * to a hundred years, a negative or absurd value named. Its deadline per
+ * statement (and migrate's): five minutes unless set, at least 100 ms. */
 static void retention_keys(void)
 {
     setup();
     struct config cfg;
     CHECK_INT(load(&cfg, REQUIRED), 0);
+    CHECK_INT(cfg.maintain_timeout_ms, 300000);
     CHECK_INT(cfg.retention_callback_events_days, 0);
     CHECK_INT(cfg.retention_transaction_events_days, 0);
     CHECK_INT(cfg.retention_check_results_days, 0);
@@ -345,6 +347,10 @@ static void retention_keys(void)
                    "retention_check_results_days");
     CHECK_CONTAINS(load_err(REQUIRED "retention_transaction_events_days = 1y\n"),
                    "retention_transaction_events_days");
+    CHECK_CONTAINS(load_err(REQUIRED "maintain_timeout_ms = 99\n"), "maintain_timeout_ms");
+    CHECK_INT(load(&cfg, REQUIRED "maintain_timeout_ms = 3000\n"), 0);
+    CHECK_INT(cfg.maintain_timeout_ms, 3000);
+    config_free(&cfg);
     teardown(NULL);
 }
 
