@@ -19,6 +19,7 @@ import json
 import os
 import random
 import re
+import resource
 import shutil
 import signal
 import statistics
@@ -50,24 +51,56 @@ class Fail(Exception):
 # ---- the machine ----------------------------------------------------------------
 
 def cpu_busy():
-    """(busy, total) jiffies of the whole machine, from /proc/stat."""
+    """(busy, total, steal) jiffies of the whole machine, from /proc/stat
+    (steal: time the hypervisor gave this machine's CPUs to someone else)."""
     with open("/proc/stat") as f:
         v = [int(x) for x in f.readline().split()[1:]]
     idle = v[3] + v[4]
-    return sum(v) - idle, sum(v)
+    return sum(v) - idle, sum(v), v[7]
+
+
+def proc_ticks(pid, reaped=False):
+    """utime + stime of a process in jiffies (0 when it is gone); with reaped,
+    plus those of the children it has waited for."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            v = f.read().rsplit(")", 1)[1].split()
+        return int(v[11]) + int(v[12]) + ((int(v[13]) + int(v[14])) if reaped else 0)
+    except (OSError, IndexError):
+        return 0
+
+
+# A side of the comparison measured while processes outside this run used
+# more than OTHER_MAX of the machine is not compared: the point paths take a
+# millisecond, and a busy neighbour doubles that (a 20 M run measured its
+# full side at load 4 and read 5.8x where the quiet re-run reads 1.0x). Nor
+# are two sides whose steal time (the hypervisor running another guest on
+# this machine's CPUs; it grows with this run's own load, some 10 % at two
+# busy CPUs on the VM this was written on) differs by more than STEAL_GAP.
+OTHER_MAX = 0.10
+STEAL_GAP = 0.10
+ROUNDS = 5  # turns of the empty and the full side (see Scale.empty_then_full)
 
 
 class Busy:
-    """The share of the machine's CPU in use between start and stop: this
-    run's processes and everyone else's (the machine is shared)."""
+    """The share of the machine's CPU in use between start and stop; of it,
+    the share of other processes (ours: a function giving the jiffies of this
+    run's processes so far) and the steal time."""
 
-    def __init__(self):
-        self.b0, self.t0 = cpu_busy()
+    def __init__(self, ours=None):
+        self.ours = ours or (lambda: 0)
+        self.b0, self.t0, self.s0 = cpu_busy()
+        self.o0 = self.ours()
         self.l0 = os.getloadavg()[0]
 
     def stop(self):
-        b1, t1 = cpu_busy()
-        return {"busy": round((b1 - self.b0) / max(1, t1 - self.t0), 3),
+        b1, t1, s1 = cpu_busy()
+        o1 = self.ours()
+        total = max(1, t1 - self.t0)
+        return {"busy": round((b1 - self.b0) / total, 3),
+                "other": round(max(0, (b1 - self.b0) - (o1 - self.o0) - (s1 - self.s0))
+                               / total, 3),
+                "steal": round((s1 - self.s0) / total, 3),
                 "load1_start": round(self.l0, 2), "load1_end": round(os.getloadavg()[0], 2)}
 
 
@@ -345,10 +378,11 @@ class Scale:
             self.tmp.path = tempfile.mkdtemp(prefix="idv-scale-", dir=a.dir)
             os.chmod(self.tmp.path, 0o755)
         self.pg = self.daemon = None
+        self.empty = self.full = None  # (cluster, daemon) of each side
         self.next_fresh = 0
         self.tag = "r" + time.strftime("%H%M%S")  # prefixes of this run's rows (--reuse)
 
-    def start_pg(self, schema=True):
+    def start_pg(self, schema=True, name="pg"):
         settings = {
             "shared_buffers": self.a.shared_buffers,
             "max_connections": "100",
@@ -360,7 +394,7 @@ class Scale:
             "maintenance_work_mem": "512MB",
             "log_min_messages": "warning",
         }
-        self.pg = idvtest.PgCluster(self.tmp, "pg", settings=settings).initdb()
+        self.pg = idvtest.PgCluster(self.tmp, name, settings=settings).initdb()
         self.advance_xids(self.a.xids)
         self.pg.start()
         if schema:
@@ -430,11 +464,11 @@ class Scale:
         c.close()
         return out
 
-    def measure(self, label, n=None):
+    def measure(self, label, n=None, audit_reps=2):
         """Every path, timed (n samples of the HTTP paths, a quarter as many of
-        the SQL ones); returns {path: [ms]}."""
+        the SQL ones, audit_reps of each audit query); returns {path: [ms]}."""
         pg, d, n = self.pg, self.daemon, n or self.a.samples
-        busy = Busy()
+        busy = Busy(self.own_ticks)
         m = {}
         # Status GET of transactions picked at random among all of them.
         big = float(pg.psql("SELECT reltuples FROM pg_class"
@@ -496,8 +530,7 @@ class Scale:
         # The audit queries, as a member of idv_reader.
         tx = random.choice(ids)
         for num, title, stmt in audit_queries(tx):
-            reps = self.a.audit_samples if n == self.a.samples else 2
-            m[f"audit {num}: {title}"] = psql_timed(pg, [stmt] * reps, user="auditor")
+            m[f"audit {num}: {title}"] = psql_timed(pg, [stmt] * audit_reps, user="auditor")
         self.results.setdefault("machine_busy", {})[label] = busy.stop()
         return m
 
@@ -544,12 +577,6 @@ class Scale:
                                      log_level="warn", db_timeout_ms=10000)
         self.daemon.start()
 
-    def measure_warm(self, label):
-        """A short pass first, thrown away (the daemon's connections, the
-        backends' caches and plans warm up), then the pass that counts."""
-        self.measure(f"{label}-warmup", n=max(50, self.a.samples // 10))
-        return self.measure(label)
-
     def adopt(self, data):
         """The cluster a run with --keep left in data (stopped): started again
         (with its own port and socket directory)."""
@@ -557,33 +584,53 @@ class Scale:
         c.tmp, c.data, c.listeners = self.tmp, data, []
         c.dir = os.path.dirname(data)
         c.log = os.path.join(c.dir, "postgres.log")
-        with open(os.path.join(data, "postgresql.auto.conf")) as f:
+        auto = os.path.join(data, "postgresql.auto.conf")
+        with open(auto) as f:
             conf = dict(re.findall(r"^(\w+) = (.*)$", f.read(), re.M))
+        if conf.get("shared_buffers", "").strip("'") != self.a.shared_buffers:
+            # This run's --shared-buffers, on both sides (the last line wins).
+            with open(auto, "a") as f:
+                f.write(f"shared_buffers = '{self.a.shared_buffers}'\n")
+            conf["shared_buffers"] = self.a.shared_buffers
         c.port = int(conf["port"])
         c.sock = conf["unix_socket_directories"].strip("'")
         c.settings = conf
         c.start()
         self.pg = c
 
+    def own_ticks(self):
+        """Jiffies used so far by this run: this process and the children it
+        waited for (psql, the load generator), PostgreSQL (the postmaster with
+        the backends it reaped, and the live ones) and the daemon."""
+        ru = [resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+        t = sum(r.ru_utime + r.ru_stime for r in ru) * os.sysconf("SC_CLK_TCK")
+        if self.pg:
+            try:
+                pm = self.pg.postmaster_pid()
+                t += proc_ticks(pm, reaped=True) + sum(proc_ticks(c) for c in self.pg._children())
+            except OSError:
+                pass
+        if self.daemon:
+            t += proc_ticks(self.daemon.proc.pid)
+        return t
+
     def empty_then_full(self):
+        """The full database (filled now, or the one a --keep run left) and an
+        empty one beside it, each with its daemon, measured in turns: ROUNDS
+        rounds, each a fifth of the samples of every path on one side then on
+        the other (the order alternating), so that both sides see the same
+        machine: a neighbour's burst or the hypervisor's steal time falls on
+        both, not on the side that happened to be measured then."""
         a = self.a
-        self.start_pg()
-        self.roles()
-        self.start_daemon()
-        self.register_fresh(a.samples, prefix="base")
-        self.vacuum()
-        log("measuring the empty database")
-        empty = self.measure_warm("empty")
-        empty_plans = self.plans("empty")
         if a.reuse:
             # The full database of an earlier run (--keep): no fill this time.
-            self.daemon.stop()
-            self.pg.stop()
             self.adopt(a.reuse)
             self.start_daemon()
             self.results["fill"] = {"reused": a.reuse}
             log(f"full database: {a.reuse} (filled by an earlier run)")
         else:
+            self.start_pg()
+            self.roles()
             log(f"filling: {a.transactions:,} transactions, {a.callback_events:,} callback"
                 " events (COPY)")
             busy = Busy()
@@ -604,14 +651,46 @@ class Scale:
                                     "with_vacuum_seconds": round(time.monotonic() - t),
                                     "machine": busy.stop()}
             log(f"filled in {fill_s:.0f} s ({time.monotonic() - t:.0f} s with VACUUM)")
-        log("measuring the full database")
-        full = self.measure_warm("full")
-        full_plans = self.plans("full")
+            self.start_daemon()
+        full = self.full = (self.pg, self.daemon)
         self.results["rows"] = self.row_counts()
         self.results["sizes"] = self.sizes()
         self.results["transactions_size"] = self.pg.psql(
             "SELECT pg_size_pretty(pg_total_relation_size('idv.transactions'))")
-        self.report(empty, full, empty_plans, full_plans)
+        # The empty database beside it.
+        self.pg = self.daemon = None
+        self.start_pg(name="pg-empty")
+        self.roles()
+        self.start_daemon()
+        self.empty = (self.pg, self.daemon)
+        self.register_fresh(a.samples, prefix="base")
+        self.vacuum()
+        sides = {"empty": self.empty, "full": full}
+        times = {"empty": {}, "full": {}}
+        log(f"measuring the empty and the full database in turns ({ROUNDS} rounds)")
+        for label, side in sides.items():
+            self.pg, self.daemon = side
+            self.measure(f"{label}-warmup", n=max(50, a.samples // 10))
+        for r in range(ROUNDS):
+            order = ["empty", "full"] if r % 2 == 0 else ["full", "empty"]
+            for label in order:
+                self.pg, self.daemon = sides[label]
+                if label == "empty":
+                    # Each round registers a few thousand transactions: with
+                    # statistics of the first hundred, plans (the daemon's
+                    # generic ones too) would scan tables that are no longer
+                    # tiny, and the empty side would look slow.
+                    self.pg.psql("ANALYZE")
+                m = self.measure(f"{label}-r{r + 1}", n=max(50, a.samples // ROUNDS),
+                                 audit_reps=max(2, a.audit_samples // ROUNDS))
+                for k, v in m.items():
+                    times[label].setdefault(k, []).extend(v)
+        plans = {}
+        for label, side in sides.items():
+            self.pg, self.daemon = side
+            plans[label] = self.plans(label)
+        self.pg, self.daemon = full
+        self.report(times["empty"], times["full"], plans["empty"], plans["full"])
         if a.keep:
             log(f"kept: {self.pg.data} (--reuse it to measure again without a fill)")
 
@@ -637,8 +716,23 @@ class Scale:
 
     def report(self, empty, full, empty_plans, full_plans):
         rows = []
-        self.results["machine_busy"] = {k: v for k, v in self.results["machine_busy"].items()
-                                        if "warmup" not in k}
+        # Per side: the rounds' shares averaged, the load's range.
+        per_side = {}
+        for k, v in self.results["machine_busy"].items():
+            if "warmup" not in k:
+                per_side.setdefault(k.split("-r")[0], []).append(v)
+        mb = self.results["machine_busy"] = {
+            side: {"busy": round(statistics.mean(x["busy"] for x in vs), 3),
+                   "other": round(statistics.mean(x["other"] for x in vs), 3),
+                   "steal": round(statistics.mean(x["steal"] for x in vs), 3),
+                   "load1_start": min(x["load1_start"] for x in vs),
+                   "load1_end": max(x["load1_end"] for x in vs), "rounds": len(vs)}
+            for side, vs in per_side.items()}
+        noisy = {k: v["other"] for k, v in mb.items() if v.get("other", 0) > OTHER_MAX}
+        steals = [v.get("steal", 0) for v in mb.values()]
+        if steals and max(steals) - min(steals) > STEAL_GAP:
+            noisy.update({f"{k} steal": v.get("steal", 0) for k, v in mb.items()})
+        self.results["comparable"] = not noisy
         for k in empty:
             e, f = empty[k], full[k]
             em, fm = statistics.median(e), statistics.median(f)
@@ -647,7 +741,7 @@ class Scale:
             rows.append({"path": k, "samples": len(f), "empty_median": em, "empty_p99": pct(e, 99),
                          "full_median": fm, "full_p99": pct(f, 99), "ratio": ratio,
                          "target": f"<= {POINT_TARGET}x" if point else "",
-                         "pass": (ratio <= POINT_TARGET) if point else None})
+                         "pass": (ratio <= POINT_TARGET) if point and not noisy else None})
         self.results["paths"] = rows
         pruning = {}
         for k, plan in full_plans.items():
@@ -670,14 +764,24 @@ class Scale:
             + ", ".join(f"{r[0]} {r[2]} in {r[1]} partitions ({r[3]} bytes a row with its"
                         " indexes)" for r in self.results["sizes"]),
             "machine busy while measuring: " + ", ".join(
-                f"{k} {v['busy']:.0%} (load {v['load1_start']}-{v['load1_end']})"
+                f"{k} {v['busy']:.0%}, of it other processes {v['other']:.0%}"
+                f" and steal {v['steal']:.0%} (load {v['load1_start']}-{v['load1_end']},"
+                f" {v['rounds']} rounds in turns)"
                 for k, v in self.results["machine_busy"].items()),
+            ("" if not noisy else
+             "NOT COMPARED: other processes used more than"
+             f" {OTHER_MAX:.0%} of the machine, or the steal time of the two sides differed by"
+             f" more than {STEAL_GAP:.0%}, while measuring "
+             + ", ".join(f"{k} ({v:.0%})" for k, v in noisy.items())
+             + "; the ratios below are printed, not judged: measure again on a quiet machine"
+             " (--reuse the kept cluster)"),
             "",
             "| path | samples | empty median ms | empty p99 ms | full median ms | full p99 ms"
             " | full/empty | target |",
             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
         for r in rows:
-            res = "" if r["pass"] is None else (" PASS" if r["pass"] else " MISS")
+            res = ("" if not r["target"] else " NOT COMPARED" if r["pass"] is None
+                   else " PASS" if r["pass"] else " MISS")
             lines.append(f"| {r['path']} | {r['samples']} | {r['empty_median']:.3f} |"
                          f" {r['empty_p99']:.3f} | {r['full_median']:.3f} | {r['full_p99']:.3f}"
                          f" | {r['ratio']:.2f}x | {r['target']}{res} |")
@@ -805,13 +909,20 @@ class Scale:
             raise Fail("accepted callbacks and recorded rows differ")
 
     def cleanup(self):
-        if self.daemon:
-            self.daemon.kill()
-        if self.pg:
-            if self.a.keep:
-                self.pg.stop("fast")
-            else:
-                self.pg.cleanup()
+        """Stops every daemon and cluster of this run: the full one is kept
+        (stopped) with --keep, the empty side never."""
+        empty = self.empty or (None, None)
+        seen = set()
+        for pg, d in (empty, self.full or (None, None), (self.pg, self.daemon)):
+            if d and id(d) not in seen:
+                seen.add(id(d))
+                d.kill()
+            if pg and id(pg) not in seen:
+                seen.add(id(pg))
+                if self.a.keep and pg is not empty[0]:
+                    pg.stop("fast")
+                else:
+                    pg.cleanup()
         if not self.a.keep:
             shutil.rmtree(self.tmp.path, ignore_errors=True)
 
