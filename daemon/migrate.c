@@ -160,9 +160,10 @@ static PGresult *session_exec(struct session *s, const char *sql, int nparams,
         double left = deadline - now_s();
         if (left <= 0) {
             fprintf(s->out,
-                    "%s: %s: no answer from the database within %g s; giving up (the step "
-                    "is either done or rolled back by the server: the next run goes on from "
-                    "there)\n",
+                    "%s: %s: no answer from the database within %g s (maintain_timeout_ms); "
+                    "giving up (the step is either done or rolled back by the server: the "
+                    "next run goes on from there; a step that needs longer needs a larger "
+                    "maintain_timeout_ms)\n",
                     s->who, what, (double)s->timeout_ms / 1000.0);
             fflush(s->out);
             PQclear(keep);

@@ -470,7 +470,8 @@ def case_maintain_on_sync_standby(ctx):
 
     last = cut("blackhole")
     check(re.fullmatch(r"maintain: making partitions: no answer from the database within"
-                       rf" {MAINTAIN_TIMEOUT_MS // 1000} s; .*", last),
+                       rf" {MAINTAIN_TIMEOUT_MS // 1000} s \(maintain_timeout_ms\); .*",
+                       last),
           f"black hole: maintain's last line: {last}")
     last = cut("reset")
     check(re.fullmatch(r"maintain: making partitions failed: \S.*", last) and "\t" not in last,
