@@ -200,6 +200,17 @@ static bool exec_ok(struct session *s, const char *sql, const char *what)
     return r != NULL;
 }
 
+/* Says that what could not get its lock within lock_timeout and waits
+ * *backoff ms before the next attempt, doubling it up to 8 s. */
+static void lock_backoff(struct session *s, const char *what, long *backoff)
+{
+    fprintf(s->out, "%s: %s: a lock was not free within lock_timeout; again in %ld ms\n", s->who,
+            what, *backoff);
+    fflush(s->out);
+    sleep_ms(*backoff);
+    if (*backoff < 8000) *backoff *= 2;
+}
+
 /* Runs one autocommit statement; when it cannot get a lock within the
  * session's lock_timeout it is tried again after a back-off. Returns the
  * result (the caller clears it) or NULL, the error printed. */
@@ -211,12 +222,8 @@ static PGresult *exec_retrying(struct session *s, const char *sql, int nparams,
         PGresult *r = session_exec(s, sql, nparams, params, what);
         if (r && result_ok(r)) return r;
         if (r && lock_not_available(r) && attempt < LOCK_ATTEMPTS) {
-            fprintf(s->out, "%s: %s: a lock was not free within lock_timeout; again in %ld ms\n",
-                    s->who, what, backoff);
-            fflush(s->out);
             PQclear(r);
-            sleep_ms(backoff);
-            if (backoff < 8000) backoff *= 2;
+            lock_backoff(s, what, &backoff);
             continue;
         }
         if (!s->reported) session_error(s, what);
@@ -272,18 +279,10 @@ static int apply_one(struct session *s, const struct migration *m, const char *s
         PGresult *r = session_exec(s, m->sql, 0, NULL, m->name);
         if (!r || !result_ok(r)) {
             bool retry = lock_not_available(r) && attempt < LOCK_ATTEMPTS;
-            if (retry) {
-                fprintf(s->out,
-                        "migrate: %s: a lock was not free within lock_timeout; again in %ld ms\n",
-                        m->name, backoff);
-                fflush(s->out);
-            } else if (!s->reported) {
-                session_error(s, m->name);
-            }
+            if (!retry && !s->reported) session_error(s, m->name);
             PQclear(r);
             if (!exec_ok(s, "ROLLBACK", "ROLLBACK") || !retry) return IDV_EDB;
-            sleep_ms(backoff);
-            if (backoff < 8000) backoff *= 2;
+            lock_backoff(s, m->name, &backoff);
             continue;
         }
         PQclear(r);

@@ -476,12 +476,19 @@ def case_maintain_on_sync_standby(ctx):
     last = cut("reset")
     check(re.fullmatch(r"maintain: making partitions failed: \S.*", last) and "\t" not in last,
           f"reset: maintain's last line: {last}")
-    holder.communicate("COMMIT;\n\\q\n", timeout=30)
     check_eq(half_made(pg), [], "half-made after the cuts")
     check_eq(partitions_ahead(pg, "check_results"), set(),
              "the cut step made nothing of check_results")
+    # 3. The link back, the lock still held: the step that cannot get its
+    # lock within lock_timeout says so and is tried again after a back-off,
+    # and goes through once the lock is free.
     t_back = time.monotonic()
-    rc, out = Maintain(url).wait()
+    m = Maintain(url)
+    retry = "maintain: making partitions: a lock was not free within lock_timeout; again in"
+    wait_until(lambda: any(line.startswith(retry) for line in m.lines), 30, 0.02,
+               what="maintain saying it will try again")
+    holder.communicate("COMMIT;\n\\q\n", timeout=30)
+    rc, out = m.wait()
     check_eq(rc, 0, "maintain's exit status, the link back")
     created = set(re.findall(r"^maintain: created partition idv\.(\w+) ", out, re.M))
     check_eq({p for p in created if p.startswith("check_results_")}, cr_ahead,
