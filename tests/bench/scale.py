@@ -33,7 +33,7 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.join(ROOT, "tests", "lib"))
 sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
 import idvtest  # noqa: E402  (PgCluster, Daemon, TempDir)
-from bench import machine  # noqa: E402
+from bench import cpu_ticks, machine  # noqa: E402
 from test_partitions import apply_up_to, audit_queries  # noqa: E402
 
 PG_BINDIR = "/usr/lib/postgresql/15/bin"
@@ -59,17 +59,6 @@ def cpu_busy():
     return sum(v) - idle, sum(v), v[7]
 
 
-def proc_ticks(pid, reaped=False):
-    """utime + stime of a process in jiffies (0 when it is gone); with reaped,
-    plus those of the children it has waited for."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            v = f.read().rsplit(")", 1)[1].split()
-        return int(v[11]) + int(v[12]) + ((int(v[13]) + int(v[14])) if reaped else 0)
-    except (OSError, IndexError):
-        return 0
-
-
 # A side of the comparison measured while processes outside this run used
 # more than OTHER_MAX of the machine is not compared: the point paths take a
 # millisecond, and a busy neighbour doubles that (a 20 M run measured its
@@ -84,24 +73,24 @@ ROUNDS = 5  # turns of the empty and the full side (see Scale.empty_then_full)
 
 class Busy:
     """The share of the machine's CPU in use between start and stop; of it,
-    the share of other processes (ours: a function giving the jiffies of this
-    run's processes so far) and the steal time."""
+    the steal time and, given ours (a function giving the jiffies of this
+    run's processes so far), the share of other processes."""
 
     def __init__(self, ours=None):
-        self.ours = ours or (lambda: 0)
+        self.ours = ours
         self.b0, self.t0, self.s0 = cpu_busy()
-        self.o0 = self.ours()
+        self.o0 = ours() if ours else 0
         self.l0 = os.getloadavg()[0]
 
     def stop(self):
         b1, t1, s1 = cpu_busy()
-        o1 = self.ours()
         total = max(1, t1 - self.t0)
-        return {"busy": round((b1 - self.b0) / total, 3),
-                "other": round(max(0, (b1 - self.b0) - (o1 - self.o0) - (s1 - self.s0))
-                               / total, 3),
-                "steal": round((s1 - self.s0) / total, 3),
-                "load1_start": round(self.l0, 2), "load1_end": round(os.getloadavg()[0], 2)}
+        r = {"busy": round((b1 - self.b0) / total, 3), "steal": round((s1 - self.s0) / total, 3),
+             "load1_start": round(self.l0, 2), "load1_end": round(os.getloadavg()[0], 2)}
+        if self.ours:
+            mine = self.ours() - self.o0
+            r["other"] = round(max(0, (b1 - self.b0) - mine - (s1 - self.s0)) / total, 3)
+        return r
 
 
 def pct(vals, p):
@@ -607,11 +596,11 @@ class Scale:
         if self.pg:
             try:
                 pm = self.pg.postmaster_pid()
-                t += proc_ticks(pm, reaped=True) + sum(proc_ticks(c) for c in self.pg._children())
+                t += cpu_ticks(pm, reaped=True) + sum(cpu_ticks(c) for c in self.pg._children())
             except OSError:
                 pass
         if self.daemon:
-            t += proc_ticks(self.daemon.proc.pid)
+            t += cpu_ticks(self.daemon.proc.pid)
         return t
 
     def empty_then_full(self):
