@@ -12,6 +12,10 @@
 #define STORE_MAX_PENDING       20000
 #define STORE_AUDIT_MAX_PENDING 10000
 #define STORE_AUDIT_BATCH_MAX   512
+/* Below this many callbacks (waiting and in flight together) one batch takes
+ * all that waits; from it on, the waiting ones are shared out so that the
+ * batches in flight are of about equal size (see store_batch_size). */
+#define STORE_SPLIT_MIN 32
 /* A callback batch in flight for longer than this (waiting on a lock, a
  * stalled server) stops holding one of the store's batch slots, so that it
  * cannot hold up every other callback until its deadline. */
@@ -51,7 +55,8 @@ struct store {
     uint64_t timeout_ms;
     struct cb_job *head, *tail; /* waiting for a connection, in deadline order */
     size_t pending;
-    struct cb_job *refused; /* over the bound: answered UNAVAILABLE next turn */
+    struct cb_job *refused;                 /* over the bound: answered UNAVAILABLE next turn */
+    struct batch *answered, *answered_tail; /* committed, answers not written yet */
     bool closing;
     struct audit_row *ahead, *atail;
     size_t apending;
@@ -73,6 +78,7 @@ struct batch {
     uint64_t sent_at;
     size_t n;
     bool audit;
+    unsigned char out[STORE_BATCH_MAX]; /* enum cb_outcome of each job, once committed */
     const char *values[8];
     char *arrays[7];
     char instance_param[72];
@@ -109,6 +115,19 @@ static void jobs_fail(struct cb_job **jobs, size_t n, enum cb_outcome o)
 }
 
 static void submit_jobs(struct store *st, struct cb_job **jobs, size_t n);
+
+/* Writes the answers of the committed batches, oldest first. */
+static void answer_committed(struct store *st)
+{
+    while (st->answered) {
+        struct batch *b = st->answered;
+        st->answered = b->next;
+        if (!st->answered) st->answered_tail = NULL;
+        for (size_t i = 0; i < b->n; i++)
+            b->u.jobs[i]->done(b->u.jobs[i], (enum cb_outcome)b->out[i]);
+        batch_free(b);
+    }
+}
 
 /* idv.record_callback_batch answers one letter per callback. Anything else
  * cannot be vouched for: UNAVAILABLE (never happens with a matching schema). */
@@ -153,11 +172,19 @@ static void batch_done(struct pg_query *q, PGresult *res, int err)
         /* The sync has been answered: the transaction committed. One letter
          * per callback, in the order sent. */
         const char *codes = PQgetvalue(res, 0, 0);
-        enum cb_outcome out[STORE_BATCH_MAX];
-        for (size_t i = 0; i < b->n; i++) out[i] = outcome_of_code(codes[i]);
+        for (size_t i = 0; i < b->n; i++) b->out[i] = (unsigned char)outcome_of_code(codes[i]);
         PQclear(res);
-        for (size_t i = 0; i < b->n; i++) b->u.jobs[i]->done(b->u.jobs[i], out[i]);
-        batch_free(b);
+        /* The answers are written at the end of this loop turn (check_cb):
+         * first the pool sends the callbacks that waited for this commit, so
+         * that PostgreSQL works on them while these answers go out, instead
+         * of after. */
+        b->next = NULL;
+        if (st->answered_tail)
+            st->answered_tail->next = b;
+        else
+            st->answered = b;
+        st->answered_tail = b;
+        if (st->closing) answer_committed(st);
         return;
     }
     if (err == IDV_EDB && b->n > 1) {
@@ -285,18 +312,33 @@ static void submit_audit(struct store *st)
 }
 
 /* Callback batches in flight that still hold a slot; *largest is the number
- * of callbacks in the largest of them. */
-static unsigned young_batches(const struct store *st, size_t *largest)
+ * of callbacks in the largest of them, *total in all of them. */
+static unsigned young_batches(const struct store *st, size_t *largest, size_t *total)
 {
     uint64_t now = uv_now(st->loop);
     unsigned n = 0;
-    *largest = 0;
+    *largest = *total = 0;
     for (const struct batch *b = st->inflight; b; b = b->next)
         if (now - b->sent_at < STORE_SLOW_BATCH_MS) {
             n++;
+            *total += b->n;
             if (b->n > *largest) *largest = b->n;
         }
     return n;
+}
+
+size_t store_batch_size(size_t pending, size_t in_flight, size_t largest, unsigned young,
+                        unsigned max_batches)
+{
+    if (pending == 0 || young >= max_batches) return 0;
+    if (young > 0 && pending < largest) return 0;
+    size_t n = pending;
+    size_t total = pending + in_flight;
+    if (total >= STORE_SPLIT_MIN && max_batches > 1) {
+        size_t share = (total + max_batches - 1) / max_batches;
+        if (n > share) n = share;
+    }
+    return n < STORE_BATCH_MAX ? n : STORE_BATCH_MAX;
 }
 
 /* The pool has an idle connection and nothing queued: give it the callbacks
@@ -312,7 +354,14 @@ static unsigned young_batches(const struct store *st, size_t *largest)
  *    together with the next one, unless at least as many wait as that batch
  *    holds: then a second batch goes at once, so that one commit can wait for
  *    its WAL flush while the other uses the CPU. The size of a batch thus
- *    follows the arrival rate times the commit time.
+ *    follows the arrival rate times the commit time;
+ *  - from STORE_SPLIT_MIN callbacks waiting and in flight together, a batch
+ *    takes at most its share of them (the total over max_batches), the rest
+ *    waits for the next slot. Without it, a closed loop of clients settles
+ *    into one large batch and one small one (59 and 5 of 64), the small one
+ *    paying the fixed cost for little and the large one keeping a backend
+ *    busy while the other waits; shared out, the batches are of equal size
+ *    and run side by side on the server's cores (README, Performance).
  * At most max_batches are in flight (backends beyond the server's cores only
  * compete for them). A slot is released when its batch is answered, or after
  * STORE_SLOW_BATCH_MS, so a batch stuck on a lock does not stop the rest.
@@ -323,12 +372,13 @@ static unsigned young_batches(const struct store *st, size_t *largest)
 static void on_pool_idle(void *arg)
 {
     struct store *st = arg;
-    size_t largest;
-    unsigned young = young_batches(st, &largest);
-    if (st->head && young < st->max_batches && (young == 0 || st->pending >= largest)) {
+    size_t largest, in_flight;
+    unsigned young = young_batches(st, &largest, &in_flight);
+    size_t take = store_batch_size(st->pending, in_flight, largest, young, st->max_batches);
+    if (take) {
         struct cb_job *jobs[STORE_BATCH_MAX];
         size_t n = 0;
-        while (st->head && n < STORE_BATCH_MAX) {
+        while (st->head && n < take) {
             struct cb_job *j = st->head;
             st->head = j->next;
             st->pending--;
@@ -345,6 +395,7 @@ static void on_pool_idle(void *arg)
 static void check_cb(uv_check_t *h)
 {
     struct store *st = h->data;
+    answer_committed(st);
     /* Callbacks refused for overload are answered here, outside the handler
      * that submitted them. */
     while (st->refused) {
@@ -481,6 +532,9 @@ void store_close(struct store *st, void (*cb)(void *), void *arg)
     st->close_cb = cb;
     st->close_arg = arg;
     pg_pool_on_idle(st->pool, NULL, NULL);
+    /* Committed: their true answers (a batch committed later is answered by
+     * batch_done directly, see there). */
+    answer_committed(st);
     struct cb_job *lists[2] = {st->head, st->refused};
     st->head = st->tail = st->refused = NULL;
     st->pending = 0;

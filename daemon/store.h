@@ -53,6 +53,12 @@ void store_submit_callback(struct store *st, struct cb_job *job);
  * counted instead. The token is never part of it. */
 void store_audit_malformed(struct store *st, const struct cb_params *p, const char *client_ip,
                            const char *reason);
+/* How many of the pending callbacks the next batch takes now (0: they wait),
+ * given the batches in flight that hold a slot: young of them, in_flight
+ * callbacks in all, largest in the largest; at most max_batches in flight.
+ * The rule is explained at on_pool_idle in store.c. */
+size_t store_batch_size(size_t pending, size_t in_flight, size_t largest, unsigned young,
+                        unsigned max_batches);
 /* Number of callbacks and audit rows waiting. */
 void store_queue_sizes(const struct store *st, size_t *callbacks, size_t *audit);
 /* Stops the store's handles; pending work is answered UNAVAILABLE. cb runs once
