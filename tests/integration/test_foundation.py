@@ -476,10 +476,18 @@ def case_db_down_503_then_recovers(ctx):
         wait_until(lambda: d.status("/readyz", admin=admin) == 200, 60,
                    what=f"readyz 200 again (admin={admin})")
     check(d.proc.poll() is None and d.proc.pid == pid, "the daemon was not restarted")
+    # The held audit row goes to the first connection back; the callback is
+    # sent once the pool is whole and that row is written, so that a slow
+    # first statement on a new backend (a loaded machine) cannot use up its
+    # one-second deadline waiting behind it. What is tested: recovery
+    # without a restart, and that the 503s recorded nothing.
+    wait_events(pg, 1, "outcome = 'malformed'")
+    wait_until(lambda: idvtest.metric_value(d.metrics(), "idv_db_connections",
+                                            state="ready") == 4.0, 60,
+               what="the daemon's four PostgreSQL connections ready again")
     expect_callback(d, "accepted", "tx1", "Y", "200", TOKEN)
     check_eq(pg.psql("SELECT status, passed, sub_code FROM idv.transaction_status"),
              "passed|Y|200", "status after recovery")
-    wait_events(pg, 1, "outcome = 'malformed'")
     # In the order the requests came: received_at. Not by id: the held audit
     # row and the new callback are written by two connections at once after
     # the recovery, and which one draws its id first is a race (ids are unique,
