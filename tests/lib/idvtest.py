@@ -11,6 +11,7 @@ import http.client
 import json
 import os
 import pwd
+import random
 import re
 import shutil
 import signal
@@ -41,8 +42,31 @@ def check_eq(a, b, what="value"):
         raise TestFailure(f"{what}: {a!r} != {b!r}")
 
 
+def _ephemeral_range():
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            lo, hi = (int(x) for x in f.read().split())
+        return lo, hi
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port():
-    """A port that nothing listens on now (bound to 0 and released)."""
+    """A port that nothing listens on now, outside the kernel's ephemeral
+    range: a port the kernel handed out for bind(0) is also what it hands the
+    outgoing connections of the tests running beside this one (a thousand at
+    once in slowloris_1000), so a server started on it a moment later could
+    find it taken ("Address already in use", seen in a CI rehearsal)."""
+    lo, hi = _ephemeral_range()
+    candidates = [p for p in range(20000, 32000) if not lo <= p <= hi]
+    for _ in range(200):
+        port = random.choice(candidates) if candidates else 0
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return s.getsockname()[1]
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
