@@ -56,7 +56,7 @@ class Settings:
         self.quick = quick
         q = quick
         self.pairs = env_int("IDV_BENCH_PAIRS", 3)
-        # A pair of (b) or a round of (e) during which other processes (or
+        # A pair of (b), a round of (c) and (d) or of (e) during which other processes (or
         # the hypervisor: steal) took more than busy_limit of the CPUs does
         # not count: it is run again, up to max_pairs attempts in all.
         self.busy_limit = env_float("IDV_BENCH_BUSY_LIMIT", 0.10)
@@ -721,10 +721,9 @@ class Bench:
         # pgbench with as many database connections as the daemon's pool.
         per_run = int(max(est, 1000) * st.db_s * 2.5) + 10000
         first_accepted = None
-        clean = attempts = 0
-        while clean < st.pairs and attempts < st.max_pairs:
-            i = attempts
-            attempts += 1
+
+        def b_pair(i):
+            nonlocal first_accepted
             sl = self.register(per_run)
             self.vacuum()
             u = self.urls_valid(f"accepted{i}", *sl)
@@ -736,9 +735,8 @@ class Bench:
                 first_accepted = (u, r["result"].get("accepted", 0))
             else:
                 os.unlink(u)
-            rp = self.pgbench("b_accepted", duration=st.db_s, cost=True)
-            clean += self.keep_if_quiet([r, rp])
-        self.busy_fallback("b_accepted")
+            return [r, self.pgbench("b_accepted", duration=st.db_s, cost=True)]
+        self.quiet_sets(b_pair, ["b_accepted"])
 
         # (c) a replay flood (the accepted callbacks again: duplicate), (d) a
         # flood of wrong tokens (rejected), and the rejected-on-parse path
@@ -757,9 +755,7 @@ class Bench:
             self.results["elapsed_s"] = round(time.monotonic() - t_start, 1)
             self.plot(spec_dir)
             return
-        clean = attempts = 0
-        while clean < st.pairs and attempts < st.max_pairs:
-            attempts += 1
+        def cd_round(i):
             self.vacuum()
             rc = self.http_run("c_replay", "daemon", dport, replay, dpid, duration=st.flood_s,
                                conns=st.conns, db=True)
@@ -769,9 +765,8 @@ class Bench:
                           duration=st.flood_s, conns=st.conns, db=True, pinned=pinned)
             # Compared with (b)'s quiet pairs: a flood during a burst of
             # steal says nothing about either.
-            clean += self.keep_if_quiet([rc, rd])
-        for w in ("c_replay", "d_wrong_token"):
-            self.busy_fallback(w)
+            return [rc, rd]
+        self.quiet_sets(cd_round, ["c_replay", "d_wrong_token"])
 
         # (e) fixed rate, Poisson arrivals, latency from the intended send time:
         # half of pgbench's single-row maximum of (b), for accepted callbacks,
@@ -784,10 +779,7 @@ class Bench:
         log(f"(e) rates: accepted, malformed and pgbench -R {rate_acc:.0f}/s (half of pgbench's"
             f" maximum), probe vs nginx {rate_probe:.0f}/s")
         need = int(rate_acc * st.rate_s * 1.2) + 1000
-        clean = attempts = 0
-        while clean < st.pairs and attempts < st.max_pairs:
-            i = attempts
-            attempts += 1
+        def e_round(i):
             sl = self.register(need)
             self.vacuum()
             u = self.urls_valid(f"rate{i}", *sl)
@@ -799,9 +791,8 @@ class Bench:
                                duration=st.rate_s, conns=st.rate_conns, rate=rate_acc, db=True,
                                spectrum=os.path.join(spec_dir, f"spectrum-malformed-{i}.txt"))
             os.unlink(u)
-            clean += self.keep_if_quiet([ra, rp, rm])
-        for w in ("e_accepted", "e_malformed"):
-            self.busy_fallback(w)
+            return [ra, rp, rm]
+        self.quiet_sets(e_round, ["e_accepted", "e_malformed"])
         for i in range(0 if st.quick else st.pairs):  # informative only: not in --quick
             self.http_run("e_probe", "daemon", dport, probe, dpid, duration=st.rate_s,
                           conns=st.rate_conns, rate=rate_probe, pinned=pinned,
@@ -820,6 +811,17 @@ class Bench:
 
         self.results["elapsed_s"] = round(time.monotonic() - t_start, 1)
         self.plot(spec_dir)
+
+    def quiet_sets(self, run_set, workloads):
+        """Calls run_set(i) (it returns the runs compared with each other)
+        until st.pairs of its sets were quiet or st.max_pairs were tried; a
+        workload with no quiet run keeps its busy ones (busy_fallback)."""
+        clean = attempts = 0
+        while clean < self.st.pairs and attempts < self.st.max_pairs:
+            clean += self.keep_if_quiet(run_set(attempts))
+            attempts += 1
+        for w in workloads:
+            self.busy_fallback(w)
 
     def keep_if_quiet(self, runs):
         """Runs compared with each other count only if other processes and
