@@ -126,6 +126,9 @@ REQUEST = {
     "admin-upgrade-with-body": b"a@" + req("/v1/x", "Connection: Upgrade", "Upgrade: h2c",
                                            "Content-Length: 5", method="POST") + b"hello"
     + req("/healthz"),
+    # Found by the fuzzer (stop 22): llhttp does not read a CONNECT's body.
+    "admin-connect-with-body": b"a\xc0" + req("/x", "Content-Length: 2", method="CONNECT")
+    + b"{}" + req("/v1/transactions/tx-1"),
     "admin-body-truncated": b"a@" + req("/v1/x", "Content-Length: 100", method="POST") + b"{}",
 }
 

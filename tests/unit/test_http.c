@@ -199,6 +199,20 @@ static void upgrade_reported(void)
     CHECK_INT(g_p.req.total_len, sizeof req - 1);
 }
 
+/* An upgrade with a body (admin listener): the body is read, and total_len
+ * covers it, so that nothing of it is left for a next request. */
+static void upgrade_with_body_reads_body(void)
+{
+#define UPGRADE_WITH_BODY                                                                          \
+    "POST /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"                \
+    "Content-Length: 2\r\n\r\n{}"
+    CHECK_INT(ADMIN(UPGRADE_WITH_BODY "GET / HTTP/1.1\r\n"), 0);
+    CHECK(g_p.req.upgrade);
+    CHECK_INT(g_p.req.content_length, 2);
+    CHECK_INT(g_p.req.total_len, strlen(UPGRADE_WITH_BODY));
+#undef UPGRADE_WITH_BODY
+}
+
 static void incomplete_head_needs_more(void)
 {
     static const char req[] = "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
@@ -563,6 +577,12 @@ static void absolute_form_refused(void)
     CHECK_INT(PUBLIC("GET http://idv.example.com/idv/callback HTTP/1.1\r\nHost: x\r\n\r\n"), 400);
     CHECK_INT(PUBLIC("OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n"), 400);
     CHECK_INT(PUBLIC("CONNECT idv.example.com:443 HTTP/1.1\r\nHost: x\r\n\r\n"), 400);
+    CHECK_INT(PUBLIC("CONNECT /idv/callback HTTP/1.1\r\nHost: x\r\n\r\n"), 400);
+    /* Found by fuzz_request: llhttp leaves a CONNECT's body unread, so the
+     * two bytes would have been taken for the start of the next request. */
+    CHECK_INT(ADMIN("CONNECT /x HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}"
+                    "GET /v1/transactions/tx-1 HTTP/1.1\r\nHost: x\r\n\r\n"),
+              400);
     CHECK_INT(PUBLIC("GET /x#frag HTTP/1.1\r\nHost: x\r\n\r\n"), 400);
 }
 
@@ -937,6 +957,7 @@ static const struct test_case cases[] = {
     TEST(http10_keep_alive),
     TEST(http11_connection_close),
     TEST(upgrade_reported),
+    TEST(upgrade_with_body_reads_body),
     TEST(incomplete_head_needs_more),
     TEST(parser_started),
     TEST(pipelined_two_requests),
