@@ -989,8 +989,17 @@ class Bench:
                 if n_ok < n_all:
                     name += f" ({n_ok}/{n_all} valid)"
                 if e_d is None:
-                    add(name, self.median_lat(w, "daemon", "p99"), e_p, None, "<= 1.25x", None,
-                        "ms", cpu(w, "e_accepted", "pgbench", "client"))
+                    # No run valid: the load generator's lag is too large a
+                    # share of the figure to measure the daemon by. The figure
+                    # still includes that lag (latency counts from the
+                    # intended send time), so it bounds the daemon's p99 from
+                    # above: under the target, the target is met ("bound").
+                    e_all = self.median_lat(w, "daemon", "p99")
+                    ok = None
+                    if e_all / e_p <= 1.25:
+                        ok = "busy" if self.busy(w) else "bound"
+                    add(name, e_all, e_p, e_all / e_p, "<= 1.25x", ok, "ms",
+                        cpu(w, "e_accepted", "pgbench", "client"))
                 else:
                     add(name, e_d, e_p, e_d / e_p, "<= 1.25x",
                         "busy" if self.busy(w) else e_d / e_p <= 1.25, "ms",
@@ -1053,7 +1062,7 @@ class Bench:
                      f"{'-' * 11}|{'-' * 9}|{'-' * 9}|{'-' * 9}|")
         for r in rows:
             ratio = f"{r['ratio']:.2f}x" if r["ratio"] is not None else "-"
-            res = {True: "PASS", False: "MISS", None: "INVALID", "busy": "BUSY"}[r["pass"]]
+            res = VERDICT[r["pass"]]
             c = r.get("cpu_us") or {}
             lines.append(f"| {r['workload']:<52} | {fmt(r['daemon'], r['unit']):>10} | "
                          f"{fmt(r['baseline'], r['unit']):>10} | {ratio:>6} | {r['target']:>9} | "
@@ -1065,7 +1074,8 @@ class Bench:
                      "(nginx) or client (pgbench) and of PostgreSQL per answer or transaction. "
                      "(e): latency from the intended send time; a run counts only when the load "
                      "generator's own lag p99 is under a tenth of the p99 it measured "
-                     "(INVALID: no run did). (b) to (e) count only pairs during which other "
+                     "(INVALID: no run did; BOUND: no run did, but the p99 measured, which "
+                     "includes that lag, is under the target, so the daemon's is too). (b) to (e) count only pairs during which other "
                      f"processes and steal took at most {self.st.busy_limit:.0%} of the CPUs "
                      "(a disturbed pair is run again; BUSY: none was quiet).")
         cost = self.results.get("cost") or {}
@@ -1198,6 +1208,10 @@ class Bench:
             log(f"kept {self.tmp.path}")
 
 
+# How a comparison came out, as the table prints it.
+VERDICT = {True: "PASS", False: "MISS", None: "INVALID", "busy": "BUSY", "bound": "BOUND"}
+
+
 def exact_percentiles(sorted_vals):
     if not sorted_vals:
         return {}
@@ -1286,9 +1300,11 @@ def main():
         rows, detail = b.table()
         text = b.print_table(rows, detail)
         b.write_outputs(text)
-        missed = [r["workload"] for r in rows if not r["pass"]]
-        if missed:
-            log(f"targets missed: {len(missed)} of {len(rows)}")
+        counts = {}
+        for r in rows:
+            counts[VERDICT[r["pass"]]] = counts.get(VERDICT[r["pass"]], 0) + 1
+        log(f"verdicts of {len(rows)} comparisons: "
+            + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
     except Fail as e:
         log(f"FAILED: {e}")
         b.results["failure"] = str(e)
