@@ -1075,7 +1075,8 @@ class Bench:
                      "(e): latency from the intended send time; a run counts only when the load "
                      "generator's own lag p99 is under a tenth of the p99 it measured "
                      "(INVALID: no run did; BOUND: no run did, but the p99 measured, which "
-                     "includes that lag, is under the target, so the daemon's is too). (b) to (e) count only pairs during which other "
+                     "includes that lag, is under the target, so the daemon's is too). "
+                     "(b) to (e) count only pairs during which other "
                      f"processes and steal took at most {self.st.busy_limit:.0%} of the CPUs "
                      "(a disturbed pair is run again; BUSY: none was quiet).")
         cost = self.results.get("cost") or {}
