@@ -199,9 +199,10 @@ static int on_url_complete(llhttp_t *ll)
     if (n == 0 || t[0] != '/') return fail(p, 400, "request target is not origin-form");
     /* CONNECT's target is authority-form (RFC 9112 3.2.3), never origin-form,
      * so any CONNECT here is malformed. Refused before its head ends: llhttp
-     * treats a CONNECT as a tunnel and would not read the body its
-     * Content-Length announces, leaving those bytes to be parsed as the next
-     * request. */
+     * treats a CONNECT as a tunnel and does not read the body its
+     * Content-Length announces, so the request's total_len would not cover
+     * it (the server closes after an upgrade, but the request it handed on
+     * would claim a body it does not hold). */
     if (p->ll.method == HTTP_CONNECT) return fail(p, 400, "CONNECT is not served");
     const char *q = memchr(t, '?', n);
     const char *hash = memchr(t, '#', n);
