@@ -25,7 +25,8 @@ def run(workload, side, *, rps=1000.0, p99=None, lag99=None, valid=True, busy=Fa
     return r
 
 
-def verdicts(b_daemon=15000.0, b_pgbench=10000.0, malformed=(), accepted=(), b_busy=False):
+def verdicts(b_daemon=15000.0, b_pgbench=10000.0, malformed=(), accepted=(), b_busy=False,
+             e_busy=False):
     """The table's verdict per comparison, by the start of its name."""
     runs = []
     for _ in range(3):
@@ -34,7 +35,7 @@ def verdicts(b_daemon=15000.0, b_pgbench=10000.0, malformed=(), accepted=(), b_b
         runs.append(run("e_accepted", "pgbench", rps=5000, p99=10.0))
     runs += [run("e_accepted", "daemon", rps=5000, p99=p, lag99=0.05, valid=v)
              for p, v in accepted or [(5.0, True)] * 3]
-    runs += [run("e_malformed", "daemon", rps=5000, p99=p, lag99=0.07, valid=v)
+    runs += [run("e_malformed", "daemon", rps=5000, p99=p, lag99=0.07, valid=v, busy=e_busy)
              for p, v in malformed or [(1.0, True)] * 3]
     b = bench.Bench.__new__(bench.Bench)
     b.st = bench.Settings(False)
@@ -69,6 +70,14 @@ def valid_runs_decide_over_invalid_ones():
           "PASS")
 
 
+def busy_fixed_rate_is_busy_unless_invalid():
+    # Disturbed rounds give no verdict, valid or bound; over the target with
+    # no valid run it stays INVALID.
+    check(verdicts(malformed=[(13.0, True)] * 3, e_busy=True), "(e) malformed", "BUSY")
+    check(verdicts(malformed=[(0.4, False)] * 3, e_busy=True), "(e) malformed", "BUSY")
+    check(verdicts(malformed=[(13.0, False)] * 3, e_busy=True), "(e) malformed", "INVALID")
+
+
 def accepted_over_target_is_miss():
     check(verdicts(accepted=[(12.6, True)] * 3), "(e) accepted", "MISS")
 
@@ -80,14 +89,16 @@ def throughput_verdicts():
 
 
 CASES = [malformed_invalid_under_target_is_bound, malformed_invalid_over_target_is_invalid,
-         valid_runs_decide_over_invalid_ones, accepted_over_target_is_miss, throughput_verdicts]
+         valid_runs_decide_over_invalid_ones, busy_fixed_rate_is_busy_unless_invalid,
+         accepted_over_target_is_miss, throughput_verdicts]
 
 if __name__ == "__main__":
     if sys.argv[1:] == ["--list"]:
         print("\n".join(c.__name__ for c in CASES))
         sys.exit(0)
-    names = sys.argv[1:] or [c.__name__ for c in CASES]
-    for c in CASES:
-        if c.__name__ in names:
-            c()
-            print(f"ok {c.__name__}")
+    by_name = {c.__name__: c for c in CASES}
+    for name in sys.argv[1:] or by_name:
+        if name not in by_name:
+            raise SystemExit(f"no such case: {name}")
+        by_name[name]()
+        print(f"ok {name}")
